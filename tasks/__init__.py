@@ -1,0 +1,8 @@
+"""The ten built-in MAGVIT tasks (paper §3, official masks of google-research/magvit).
+
+They are plugins like any other: registered under the entry-point group ``magvit_pl.tasks`` in
+pyproject.toml and loaded through :mod:`magvit_pl.tasks`; importing this package imports none of
+them. Families: ``prediction`` (frame_prediction, class_frame_prediction), ``interpolation``
+(frame_interpolation), ``outpainting`` (outpainting_central/vertical/horizontal/dynamic),
+``inpainting`` (inpainting_central/dynamic), ``generation`` (class_generation).
+"""
