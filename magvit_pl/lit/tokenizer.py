@@ -90,8 +90,9 @@ class TokenizerModule(LightningModule):
         self.tokenizer = tokenizer
         self.ema_tokenizer = copy.deepcopy(tokenizer).requires_grad_(False).eval()
         self.discriminator = discriminator
-        # The frozen perceptual network is not part of the checkpoint (it is rebuilt from its weights file).
-        self._perceptual = [perceptual] if perceptual is not None and perceptual_weight > 0 else []
+        # PerceptualLoss keeps its frozen network out of the state dict (it is rebuilt from its weights file).
+        use_perceptual = perceptual is not None and perceptual.backbone != "none" and perceptual_weight > 0
+        self.perceptual = perceptual if use_perceptual else None
         self.lecam = losses.LeCamEMA(decay=lecam_decay)
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
@@ -104,8 +105,6 @@ class TokenizerModule(LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else "32"
         if precision.startswith("16"):
             raise UserError(f"trainer.precision={precision} is not supported by the tokenizer (GAN + manual optimisation); use bf16-mixed on GPU or 32-true")
-        if self._perceptual:
-            self._perceptual[0].to(self.device)
         if stage == "fit" and self.hparams.init_from and self.global_step == 0:
             from magvit_pl.models.inflation import init_from_checkpoint
 
@@ -138,8 +137,8 @@ class TokenizerModule(LightningModule):
         self.toggle_optimizer(opts[0])
         recon, q = self.tokenizer(video)
         terms = {"recon": F.mse_loss(recon, video) * hp.recon_weight, "quantizer": q.loss}
-        if self._perceptual:
-            terms["perceptual"] = self._perceptual[0](recon, video) * hp.perceptual_weight
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(video, recon) * hp.perceptual_weight
         if disc_on and hp.gan_weight > 0:
             terms["gan"] = losses.generator_gan_loss(self.discriminator(recon)) * hp.gan_weight
         loss_g = sum(terms.values())
@@ -171,7 +170,7 @@ class TokenizerModule(LightningModule):
             fake_logits = self.discriminator(recon.detach())
             d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
             if apply_r1:
-                d_terms["r1"] = losses.r1_penalty(real_logits, real) * hp.r1_cost * hp.r1_every
+                d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost) * hp.r1_every
             if hp.lecam_weight > 0:
                 d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
             loss_d = sum(d_terms.values())

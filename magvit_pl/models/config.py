@@ -17,7 +17,7 @@ from magvit_pl.errors import UserError
 TRUSTED_PREFIXES: tuple[str, ...] = ("magvit_pl.", "tasks.")
 
 
-class ConfigMixin:
+class ConfigMixin:  # noqa: D101 - documented below
     """Mixin that records the constructor arguments of every subclass in ``self.init_config``."""
 
     init_config: dict[str, Any]

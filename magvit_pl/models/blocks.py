@@ -1,0 +1,109 @@
+"""Building blocks shared by the tokenizer and the discriminator: 'same' 3D convs with a choice of
+padding, the MAGVIT residual block, average-pool down- and nearest up-sampling.
+
+All tensors are ``(B, C, T, H, W)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PaddingMode = Literal["zeros", "reflect", "replicate"]
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def group_norm(channels: int, eps: float = 1e-6, affine: bool = True) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or fewer when ``channels`` is small or not a multiple of 32."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=eps, affine=affine)
+
+
+class SameConv3d(nn.Conv3d):
+    """Stride-1 Conv3d whose output has the input's size ('same' padding), for odd kernels.
+
+    ``padding_mode`` 'zeros' uses the conv's own padding; 'reflect' and 'replicate' pad with
+    ``F.pad`` in time, height and width before a padding-free conv. Reflect padding needs a dimension larger
+    than its pad (not so for time after pooling to one frame); such a dimension is replicate-padded,
+    which is what reflecting a single value gives.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int, int] | int,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+    ):
+        k = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        if any(ki % 2 == 0 for ki in k):
+            raise ValueError(f"SameConv3d needs odd kernel sizes, got {k}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        native = padding_mode == "zeros"
+        super().__init__(in_channels, out_channels, k, padding=tuple(ki // 2 for ki in k) if native else 0, bias=bias)
+        self.same_padding_mode = padding_mode
+        kt, kh, kw = k
+        self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, kt // 2, kt // 2)  # F.pad order: W, H, T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_padding_mode != "zeros" and any(self._pad):
+            x = self._pad_input(x)
+        return super().forward(x)
+
+    def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        pw, _, ph, _, pt, _ = self._pad
+        sizes_pads = list(zip(x.shape[2:], (pt, ph, pw)))
+        if self.same_padding_mode == "replicate" or all(p < n for n, p in sizes_pads):
+            return F.pad(x, self._pad, mode=self.same_padding_mode)
+        for dim, (n, p) in enumerate(sizes_pads):  # reflect where the size allows, else replicate
+            if p:
+                pad = [0] * 6
+                pad[4 - 2 * dim] = pad[5 - 2 * dim] = p
+                x = F.pad(x, tuple(pad), mode="reflect" if p < n else "replicate")
+        return x
+
+
+class ResBlock(nn.Module):
+    """GN → SiLU → conv → GN → SiLU → conv, plus the input (1×1×1 conv when channels change).
+
+    Convs have no bias, as in MAGVIT's 3D-VQ; no attention, no dropout.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int], padding_mode: PaddingMode
+    ):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = SameConv3d(in_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = SameConv3d(out_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
+        self.shortcut = (
+            nn.Conv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.shortcut(x)
+
+
+def avg_pool_down(x: torch.Tensor, pool_time: bool = True) -> torch.Tensor:
+    """Halve H and W (and T when ``pool_time`` and T > 1) by average pooling.
+
+    Odd sizes round up and the last window averages only the cells that exist (TensorFlow 'SAME'
+    pooling, which excludes padding from the mean).
+    """
+    kt = 2 if pool_time and x.shape[2] > 1 else 1
+    k = (kt, 2, 2)
+    return F.avg_pool3d(x, k, k, ceil_mode=True)
+
+
+def nearest_up(x: torch.Tensor, up_time: bool = True) -> torch.Tensor:
+    """Double H and W (and T when ``up_time``) by nearest-neighbour repetition."""
+    B, C, T, H, W = x.shape
+    size = (T * 2 if up_time else T, H * 2, W * 2)
+    return F.interpolate(x, size=size, mode="nearest")

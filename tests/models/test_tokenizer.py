@@ -1,0 +1,198 @@
+"""3D-VQ tokenizer: presets, shapes and sizes, gradients, padding modes, 2D→3D inflation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.models.blocks import SameConv3d, avg_pool_down
+from magvit_pl.models.inflation import inflate_kernel, inflate_state_dict, init_from_checkpoint
+from magvit_pl.models.quantizers import LookupFreeQuantizer, VectorQuantizer
+from magvit_pl.models.tokenizer import PRESETS, VQTokenizer, count_parameters, tokenizer_preset_kwargs
+
+
+def tiny(seed: int = 0, **kw) -> VQTokenizer:
+    torch.manual_seed(seed)
+    args = dict(base_channels=16, channel_multipliers=(1, 2, 2), embedding_dim=8, quantizer=VectorQuantizer(64, 8))
+    return VQTokenizer(**{**args, **kw})
+
+
+def clip(seed: int = 0, shape=(1, 3, 8, 32, 32)) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# measured once; a change means the architecture changed
+PRESET_PARAMS = {"B": 40_579_843, "L": 157_811_971, "bair_B": 36_596_355, "bair_L": 141_882_371, "tiny": 486_307}
+
+
+@pytest.mark.parametrize(
+    "name, clip_shape, grid",
+    [("B", (16, 128, 128), (4, 16, 16)), ("L", (16, 128, 128), (4, 16, 16)),
+     ("bair_B", (16, 64, 64), (4, 16, 16)), ("bair_L", (16, 64, 64), (4, 16, 16)), ("tiny", (16, 64, 64), (4, 16, 16))],
+)
+def test_preset_token_grids_and_sizes(name, clip_shape, grid):
+    with torch.device("meta"):
+        model = VQTokenizer.from_preset(name)
+    assert model.token_grid(*clip_shape) == grid
+    assert model.codebook_size == (1024 if name != "tiny" else PRESETS["tiny"]["codebook_size"])
+    assert count_parameters(model) == PRESET_PARAMS[name]
+    if name != "tiny":
+        assert count_parameters(model.quantizer) == 1024 * 256
+
+
+def test_preset_forward_shapes_on_meta():
+    with torch.device("meta"):
+        model = VQTokenizer.from_preset("B")
+        recon, q = model(torch.empty(2, 3, 16, 128, 128))
+    assert recon.shape == (2, 3, 16, 128, 128)
+    assert q.indices.shape == (2, 4, 16, 16) and q.quantized.shape == (2, 256, 4, 16, 16)
+
+
+def test_l_is_about_four_times_b_and_presets_are_fresh():
+    assert 3.5 < PRESET_PARAMS["L"] / PRESET_PARAMS["B"] < 4.0
+    a, b = tokenizer_preset_kwargs("B"), tokenizer_preset_kwargs("B")
+    assert a["quantizer"] is not b["quantizer"]
+    with pytest.raises(UserError, match="unknown tokenizer preset 'XL'"):
+        tokenizer_preset_kwargs("XL")
+
+
+def test_forward_encode_decode_round_trip():
+    model = tiny().eval()
+    x = clip()
+    recon, q = model(x)
+    assert recon.shape == x.shape and q.indices.shape == (1, 2, 8, 8) and q.indices.dtype == torch.long
+    assert model.downsample_factors == (4, 4, 4)
+    tokens = model.encode(x)
+    assert torch.equal(tokens, q.indices)
+    assert torch.allclose(model.decode(tokens), recon, atol=1e-5)
+    assert torch.allclose(model.decode_code(q.quantized), recon, atol=1e-6)
+    m = q.metrics
+    assert q.loss.item() == pytest.approx((m["commitment"] + m["codebook"] + m["entropy"]).item(), rel=1e-5)
+    assert 0 < m["usage"].item() <= 1 and 1 <= m["perplexity"].item() <= 64
+
+
+def test_straight_through_gradient_reaches_encoder_and_codebook():
+    model = tiny()
+    x = clip()
+    recon, q = model(x)
+    (recon - x).pow(2).mean().backward()
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0  # only through the straight-through path
+    assert model.quantizer.codebook.grad is None or model.quantizer.codebook.grad.abs().sum() == 0
+    model.zero_grad()
+    recon, q = model(x)
+    ((recon - x).pow(2).mean() + q.loss).backward()
+    assert model.quantizer.codebook.grad.abs().sum() > 0
+    assert model.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_temporal_downsample_flags():
+    assert tiny().temporal_downsample == (True, True)
+    assert tiny(channel_multipliers=(1, 2, 2, 4)).temporal_downsample == (True, True, False)
+    assert tiny(temporal_kernel_size=1).temporal_downsample == (False, False)
+    model = tiny(temporal_downsample=(True, False))
+    assert model.downsample_factors == (2, 4, 4)
+    assert model.encode(clip()).shape == (1, 4, 8, 8)
+    with pytest.raises(UserError, match="one flag per downsample"):
+        tiny(temporal_downsample=(True,))
+
+
+def test_bad_sizes_and_arguments_are_user_errors():
+    model = tiny()
+    with pytest.raises(UserError, match="multiple of the tokenizer's downsampling 4x4x4"):
+        model.encode(clip(shape=(1, 3, 6, 32, 32)))
+    with pytest.raises(UserError, match="padding_mode"):
+        tiny(padding_mode="circular")
+    with pytest.raises(UserError, match="must equal embedding_dim"):
+        tiny(quantizer=VectorQuantizer(64, 4))
+
+
+def test_padding_modes_all_run_and_differ():
+    ref = tiny(padding_mode="zeros").eval()
+    x = clip()
+    outs = {}
+    for mode in ("zeros", "reflect", "replicate"):
+        model = tiny(padding_mode=mode).eval()
+        model.load_state_dict(ref.state_dict())  # same weights, only the padding differs
+        outs[mode] = model(x)[0]
+        assert torch.isfinite(outs[mode]).all()
+    for a, b in (("zeros", "reflect"), ("zeros", "replicate"), ("reflect", "replicate")):
+        assert (outs[a] - outs[b]).abs().max() > 1e-3
+    # with one frame, reflect cannot pad time: that dimension is replicate-padded, H and W reflected
+    conv = SameConv3d(2, 2, 3, padding_mode="reflect")
+    y = torch.randn(1, 2, 1, 4, 4)
+    padded = F.pad(F.pad(y, (0, 0, 0, 0, 1, 1), mode="replicate"), (1, 1, 1, 1, 0, 0), mode="reflect")
+    assert torch.allclose(conv(y), F.conv3d(padded, conv.weight, conv.bias), atol=1e-6)
+
+
+def test_same_conv_padding_values():
+    x = torch.arange(3.0).view(1, 1, 3, 1, 1)  # frames 0, 1, 2
+    expect = {"zeros": [1.0, 3.0, 3.0], "replicate": [1.0, 3.0, 5.0], "reflect": [2.0, 3.0, 4.0]}
+    for mode, values in expect.items():
+        conv = SameConv3d(1, 1, (3, 1, 1), bias=False, padding_mode=mode)
+        with torch.no_grad():
+            conv.weight.fill_(1.0)  # sum over a 3-frame window
+        assert conv(x).flatten().tolist() == values, mode
+
+
+def test_avg_pool_down_is_tf_same():
+    x = torch.arange(3.0).view(1, 1, 3, 1, 1).expand(1, 1, 3, 2, 2)
+    assert avg_pool_down(x).flatten().tolist() == [0.5, 2.0]  # the last window has one frame
+    assert avg_pool_down(torch.ones(1, 1, 1, 4, 4)).shape == (1, 1, 1, 2, 2)  # one frame: time not pooled
+
+
+def test_lfq_tokenizer():
+    torch.manual_seed(0)
+    model = VQTokenizer(base_channels=16, channel_multipliers=(1, 2), embedding_dim=6,
+                        quantizer=LookupFreeQuantizer(dim=6)).eval()
+    x = clip(shape=(1, 3, 4, 16, 16))
+    recon, q = model(x)
+    assert model.codebook_size == 64 and q.indices.shape == (1, 2, 8, 8)
+    assert int(q.indices.max()) < 64
+    assert torch.allclose(model.decode(q.indices), recon, atol=1e-5)
+
+
+# ---------------------------------------------------------------- inflation
+def test_inflate_kernel_central_and_average():
+    w = torch.randn(4, 3, 1, 3, 3)
+    c = inflate_kernel(w, 3, "central")
+    assert torch.equal(c[:, :, 1], w[:, :, 0]) and c[:, :, 0].abs().sum() == 0 and c[:, :, 2].abs().sum() == 0
+    a = inflate_kernel(w, 3, "average")
+    assert torch.allclose(a.sum(2), w[:, :, 0]) and torch.allclose(a[:, :, 0], w[:, :, 0] / 3)
+
+
+@pytest.mark.parametrize("mode, padding", [("central", "zeros"), ("average", "replicate")])
+def test_inflated_3d_model_reproduces_2d_on_static_clip(mode, padding):
+    model2d = tiny(seed=1, temporal_kernel_size=1, padding_mode=padding).eval()
+    model3d = tiny(seed=2, padding_mode=padding).eval()  # pools time twice
+    model3d.load_state_dict(inflate_state_dict(model2d.state_dict(), model3d, mode))
+    frame = clip(shape=(1, 3, 1, 32, 32))
+    video = frame.expand(1, 3, 4, 32, 32).contiguous()  # four identical frames
+    with torch.no_grad():
+        z2 = model2d.encoder(frame)  # (1, D, 1, 8, 8)
+        z3 = model3d.encoder(video)  # (1, D, 1, 8, 8): time pooled 4 → 1
+        assert torch.allclose(z3, z2, atol=1e-5)
+        tokens = model2d.encode(frame)
+        assert torch.equal(model3d.encode(video), tokens)
+        out3 = model3d.decode(tokens)  # (1, 3, 4, 32, 32)
+        out2 = model2d.decode(tokens)  # (1, 3, 1, 32, 32)
+    assert out3.shape == video.shape
+    assert torch.allclose(out3, out2.expand_as(out3), atol=1e-5)
+    # and the 3D model did change: its kernels are 3 frames deep
+    assert model3d.encoder.conv_in.weight.shape[2] == 3
+
+
+def test_init_from_lightning_checkpoint(tmp_path):
+    model2d = tiny(seed=1, temporal_kernel_size=1)
+    ckpt = {"state_dict": {f"tokenizer.{k}": v for k, v in model2d.state_dict().items()}, "epoch": 3}
+    ckpt["state_dict"]["discriminator.fc.weight"] = torch.zeros(2, 2)
+    path = tmp_path / "tok2d.ckpt"
+    torch.save(ckpt, path)
+    model3d = init_from_checkpoint(tiny(seed=2), path, inflation="central", prefix="tokenizer.")
+    w2, w3 = model2d.decoder.conv_out.weight, model3d.decoder.conv_out.weight
+    assert torch.equal(w3[:, :, 1], w2[:, :, 0]) and w3[:, :, 0].abs().sum() == 0
+    assert torch.equal(model3d.quantizer.codebook, model2d.quantizer.codebook)
+    with pytest.raises(MissingFileError, match="checkpoint not found"):
+        init_from_checkpoint(tiny(), tmp_path / "nope.ckpt")
+    with pytest.raises(UserError, match="prefix 'ema.'"):
+        init_from_checkpoint(tiny(), path, prefix="ema.")
+    with pytest.raises(UserError, match="cannot inflate"):  # a wider 2D model does not fit
+        init_from_checkpoint(tiny(base_channels=32), path, prefix="tokenizer.")
