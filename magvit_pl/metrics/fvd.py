@@ -1,0 +1,321 @@
+"""Fréchet Video Distance (Unterthiner et al., arXiv 1812.01717), as a DDP-synced torchmetrics Metric.
+
+Protocol (the one MAGVIT reports): clips in [-1, 1] are resized bilinearly to 224×224, passed through
+the Kinetics-400 I3D, and the 400 time-averaged logits are the features. FVD is the Fréchet
+distance between Gaussians fitted (float64) to the real and to the generated features. FVD numbers
+are only comparable under the same protocol (sample counts, frames, stride, resolution, I3D file),
+so :meth:`FrechetVideoDistance.protocol` records it and it should be saved with every result.
+
+Real-data statistics can be cached in an ``.npz`` keyed by the shard manifest hash + protocol
+(:meth:`~FrechetVideoDistance.save_real_stats` / :meth:`~FrechetVideoDistance.load_real_stats`).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from magvit_pl.errors import UserError
+from magvit_pl.io import atomic_path
+from magvit_pl.metrics.i3d import I3D, MIN_FRAMES
+from magvit_pl.weights import WEIGHTS, resolve, sha256_file
+
+
+def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of ``(N, D)`` features, in float64."""
+    f = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise UserError(f"need at least 2 samples to fit a Gaussian, got features of shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _clip_eigvals(w: np.ndarray) -> np.ndarray:
+    """Zero the eigenvalues that are rounding noise (below n·eps·max|w|), so singular matrices stay exact."""
+    tol = max(w.size, 1) * np.finfo(np.float64).eps * np.abs(w).max(initial=0.0)
+    return np.where(w > tol, w, 0.0)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """‖μ1−μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1 Σ2)^½, in float64.
+
+    With Σ1 = V diag(w) Vᵀ, tr (Σ1 Σ2)^½ = Σ √eig(diag(√w) Vᵀ Σ2 V diag(√w)): a symmetric PSD matrix
+    (similar to Σ1^½ Σ2 Σ1^½), so eigendecompositions give the trace without the complex or
+    non-converging results of a general ``sqrtm``. It stays exact for singular covariances (fewer
+    samples than dimensions): eigenvalues below the rounding noise floor count as 0, and only the
+    r = rank(Σ1) non-zero directions enter the second, r×r, eigenproblem.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"mismatched statistics: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    w = _clip_eigvals(w)
+    keep = w > 0
+    half = v[:, keep] * np.sqrt(w[keep])  # (D, r): Σ1 = half @ halfᵀ
+    inner = half.T @ s2 @ half  # (r, r), symmetric PSD
+    tr_covmean = np.sqrt(_clip_eigvals(np.linalg.eigvalsh((inner + inner.T) / 2))).sum() if keep.any() else 0.0
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
+
+
+def resize_clips(videos: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, T, H, W)`` → ``(B, C, T, size, size)``, bilinear (half-pixel centres, no antialias)."""
+    b, c, t, h, w = videos.shape
+    if (h, w) == (size, size):
+        return videos
+    frames = videos.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
+    frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    return frames.reshape(b, t, c, size, size).transpose(1, 2)  # (B, C, T, size, size)
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_i3d(path: str) -> I3D:
+    """One frozen I3D per weights file, shared by every FVD metric (e.g. one per task)."""
+    return I3D.from_pretrained(path)
+
+
+def stats_key(manifest_sha256: str, protocol: dict[str, Any]) -> str:
+    """Cache key of real statistics: sha256 of the data manifest hash and the protocol fields that change them."""
+    fields = {k: protocol.get(k) for k in _KEY_FIELDS}
+    blob = json.dumps({"manifest": manifest_sha256, **fields}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_KEY_FIELDS = ("num_real", "frames", "resolution", "stride", "seed", "resize", "weights_sha256")
+
+
+class FrechetVideoDistance(Metric):
+    """FVD with the Kinetics-400 I3D; ``update(videos, real)`` then ``compute()``.
+
+    Features are kept per rank in list states (``dist_reduce_fx='cat'``), so under DDP every rank
+    computes the FVD of all samples. The I3D network is not part of the metric's ``state_dict``
+    (checkpoints stay small); it follows the device of the videos.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        weights_path: str | None = None,
+        resize: int = 224,
+        min_frames: int = MIN_FRAMES,
+        batch_size: int = 8,
+        stride: int = 1,
+        seed: int | None = None,
+        extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            weights_path: I3D weights; default the verified ``i3d`` file in the weights cache.
+            resize: side the clips are resized to before I3D (224 in the standard protocol).
+            min_frames: clips with fewer frames are refused (I3D needs at least 9).
+            batch_size: clips per I3D forward pass inside ``update`` (bounds memory).
+            stride: temporal stride the clips were sampled with (recorded in the protocol only).
+            seed: sampling seed of the generated clips (recorded in the protocol only).
+            extractor: a different feature network ``(B, 3, T, resize, resize) → (B, D)``; for tests and
+                experiments only: its numbers are not FVD.
+        """
+        super().__init__(**kwargs)
+        if min_frames < MIN_FRAMES and extractor is None:
+            raise UserError(f"min_frames must be >= {MIN_FRAMES} for I3D, got {min_frames}")
+        if extractor is None:
+            path = resolve("i3d", weights_path)  # MissingWeightsError names the fetch command
+            self._weights_sha256 = WEIGHTS["i3d"].sha256 if weights_path is None else sha256_file(path)
+            extractor = _shared_i3d(str(path))
+        else:
+            self._weights_sha256 = "custom-extractor"
+        object.__setattr__(self, "_extractor", extractor)  # not a submodule: stays out of state_dict
+        self.resize, self.min_frames, self.batch_size = resize, min_frames, batch_size
+        self.stride, self.seed = stride, seed
+        self._clip_shape: tuple[int, int, int] | None = None
+        self._real_stats: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._counts: tuple[int, int] | None = None  # (real, fake) of the last compute(), all ranks
+        self.add_state("real_features", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
+
+    # -- accumulation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def features(self, videos: torch.Tensor) -> torch.Tensor:
+        """I3D features ``(B, D)`` of clips ``(B, 3, T, H, W)`` in [-1, 1] (resized, float32, no autocast)."""
+        if videos.ndim != 5 or videos.shape[1] != 3:
+            raise UserError(f"FVD expects videos (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}")
+        if videos.shape[2] < self.min_frames:
+            raise UserError(f"FVD needs clips of at least {self.min_frames} frames, got {videos.shape[2]}")
+        net = self._extractor
+        if isinstance(net, torch.nn.Module):
+            p = next(net.parameters(), None)
+            if p is not None and p.device != videos.device:
+                net.to(videos.device)
+        out = []
+        with torch.autocast(videos.device.type, enabled=False):
+            for chunk in videos.split(self.batch_size):
+                x = resize_clips(chunk.float().clamp(-1, 1), self.resize)
+                out.append(net(x).float())
+        return torch.cat(out)
+
+    def update(self, videos: torch.Tensor, real: bool, is_features: bool = False) -> None:
+        """Add a batch of real (``real=True``) or generated clips ``(B, 3, T, H, W)`` in [-1, 1].
+
+        With ``is_features``, ``videos`` are precomputed ``(B, D)`` features (see :meth:`features`).
+        """
+        if is_features:
+            features = videos
+            if features.ndim != 2:
+                raise UserError(f"features must be (B, D), got shape {tuple(features.shape)}")
+        else:
+            features = self.features(videos)
+            self._record_shape(videos)
+        self._counts = None
+        (self.real_features if real else self.fake_features).append(features.detach().float())
+
+    def update_features(self, features: torch.Tensor, real: bool) -> None:
+        """Add precomputed ``(B, D)`` features; same as ``update(features, real, is_features=True)``."""
+        self.update(features, real, is_features=True)
+
+    def _record_shape(self, videos: torch.Tensor) -> None:
+        shape = tuple(int(s) for s in videos.shape[2:])
+        if self._clip_shape is None:
+            self._clip_shape = shape
+        elif self._clip_shape != shape:
+            raise UserError(f"all FVD clips must share T×H×W; got {shape} after {self._clip_shape}")
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _gathered(self, name: str) -> torch.Tensor | None:
+        state = getattr(self, name)
+        if isinstance(state, list):
+            state = dim_zero_cat(state) if state else None
+        return state if state is not None and state.shape[0] else None
+
+    def _feature_dim(self) -> int:
+        for name in ("real_features", "fake_features"):
+            state = getattr(self, name)
+            if isinstance(state, torch.Tensor) or state:
+                return int(dim_zero_cat(state).shape[-1])
+        if isinstance(self._extractor, I3D):
+            return self._extractor.num_classes
+        probe = torch.zeros(1, 3, self.min_frames, self.resize, self.resize)
+        with torch.no_grad():
+            return int(self._extractor(probe).shape[-1])
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
+        # A rank that saw no clips of a kind would send a 1-D empty tensor while the others send (n, D):
+        # the gathers then disagree and DDP hangs or aborts. Send an empty (0, D) block instead.
+        for name in ("real_features", "fake_features"):
+            state = getattr(self, name)
+            if isinstance(state, list) and not state:
+                state.append(torch.zeros(0, self._feature_dim(), device=self.device))
+        super()._sync_dist(dist_sync_fn or gather_all_tensors, process_group)
+
+    def real_statistics(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(μ, Σ, n) of the real set: from loaded cached statistics, else from the real features seen."""
+        if self._real_stats is not None:
+            return self._real_stats
+        feats = self._gathered("real_features")
+        if feats is None:
+            raise UserError("FVD has no real clips: call update(videos, real=True) or load_real_stats(...) first")
+        mu, sigma = gaussian_stats(feats)
+        return mu, sigma, int(feats.shape[0])
+
+    def set_real_statistics(self, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
+        """Use these real statistics instead of accumulated real features."""
+        self._real_stats = (np.asarray(mu, np.float64), np.asarray(sigma, np.float64), int(n))
+
+    def compute(self) -> torch.Tensor:
+        mu_r, sigma_r, n_real = self.real_statistics()
+        fake = self._gathered("fake_features")
+        if fake is None or fake.shape[0] < 2:
+            raise UserError(f"FVD needs at least 2 generated clips, got {0 if fake is None else fake.shape[0]}")
+        if n_real < 2:
+            raise UserError(f"FVD needs at least 2 real clips, got {n_real}")
+        if fake.shape[0] > n_real:
+            warnings.warn(
+                f"FVD compares {fake.shape[0]} generated clips with only {n_real} real ones; "
+                "the real statistics are the noisier side", stacklevel=2)
+        self._counts = (n_real, int(fake.shape[0]))
+        mu_f, sigma_f = gaussian_stats(fake)
+        return torch.tensor(frechet_distance(mu_r, sigma_r, mu_f, sigma_f), dtype=torch.float64)
+
+    def protocol(self) -> dict[str, Any]:
+        """Everything that makes two FVD numbers comparable; save it next to every result."""
+        if self._counts is not None:  # after compute(): the counts over all ranks
+            n_real, n_fake = self._counts
+        else:
+            real, fake = self._gathered("real_features"), self._gathered("fake_features")
+            n_real = self._real_stats[2] if self._real_stats is not None else (0 if real is None else int(real.shape[0]))
+            n_fake = 0 if fake is None else int(fake.shape[0])
+        t, h, w = self._clip_shape or (None, None, None)
+        return {
+            "metric": "fvd",
+            "num_real": n_real,
+            "num_fake": n_fake,
+            "resolution": self.resize,
+            "input_resolution": [h, w] if h is not None else None,
+            "frames": t,
+            "stride": self.stride,
+            "seed": self.seed,
+            "resize": "bilinear, half-pixel centres, no antialias",
+            "features": "I3D Kinetics-400 logits averaged over time",
+            "weights_sha256": self._weights_sha256,
+            "real_stats_cached": self._real_stats is not None,
+        }
+
+    # -- cached real statistics --------------------------------------------------------------
+
+    def save_real_stats(self, path: str | os.PathLike, manifest_sha256: str) -> Path:
+        """Write the real set's (μ, Σ, n) and the protocol to ``path`` (.npz, atomically).
+
+        ``manifest_sha256`` identifies the real data (e.g. the hash of the shards' manifest.json).
+        """
+        mu, sigma, n = self.real_statistics()
+        proto = {**self.protocol(), "num_real": n}
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(n), key=np.str_(stats_key(manifest_sha256, proto)),
+                     protocol=np.str_(json.dumps(proto, sort_keys=True)))
+        return path
+
+    def load_real_stats(self, path: str | os.PathLike, manifest_sha256: str, num_real: int, frames: int) -> bool:
+        """Use the cached real statistics at ``path`` if they were made from the same data and protocol.
+
+        Returns False (and changes nothing) when the file is absent or its key differs: the caller then
+        feeds the real clips and may :meth:`save_real_stats` for next time.
+        """
+        path = Path(path)
+        if not path.is_file():
+            return False
+        mu, sigma, n, key, _ = read_real_stats(path)
+        wanted = {**self.protocol(), "num_real": num_real, "frames": frames}
+        if key != stats_key(manifest_sha256, wanted) or n != num_real:
+            return False
+        self.set_real_statistics(mu, sigma, n)
+        return True
+
+    def reset(self) -> None:
+        """Forget the clips seen (cached real statistics stay)."""
+        super().reset()
+        self._clip_shape, self._counts = None, None
+
+
+def read_real_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int, str, dict[str, Any]]:
+    """(μ, Σ, n, key, protocol) from a statistics file written by ``save_real_stats`` (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["mu"], z["sigma"], int(z["n"]), str(z["key"]), json.loads(str(z["protocol"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"{path} is not an FVD statistics file: {err}") from None
