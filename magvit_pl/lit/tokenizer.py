@@ -198,7 +198,7 @@ class TokenizerModule(LightningModule):
         self.val_ssim.update(frames(recon), frames(video))
         hist = torch.bincount(q.indices.flatten(), minlength=self.ema_tokenizer.codebook_size)
         self._val_hist = hist if self._val_hist is None else self._val_hist + hist
-        self.log("val/recon", F.mse_loss(recon, video), sync_dist=True)
+        self.log("val/recon", F.mse_loss(recon, video), sync_dist=True, batch_size=video.shape[0])
         if batch_idx == 0:
             n = self.hparams.num_media_clips
             self._media = [video[:n].cpu(), recon[:n].cpu()]
