@@ -1,0 +1,29 @@
+"""Data: video I/O (PyAV), webdataset shards, ``prepare``, the synthetic default set, the DataModule.
+
+Names are imported lazily (PEP 562), so ``cli.py prepare`` does not pay for importing Lightning.
+``prepare`` itself is not re-exported, so that ``magvit_pl.data.prepare`` stays the module; call it
+as ``from magvit_pl.data.prepare import prepare``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "datamodule": ["DATA_ENV", "ShardClips", "VideoDataModule", "default_data_root", "frames_to_tensor",
+                   "read_manifest", "tensor_to_frames"],
+    "shards": ["decode_sample", "encode_sample", "read_shard", "write_shard"],
+    "synthetic": ["ensure_default_dataset", "render_clip"],
+    "video": ["VideoInfo", "VideoReadError", "center_crop", "encode_video", "probe", "random_crop", "read_video",
+              "resize", "resize_short_side", "sample_clip", "write_video"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + ["SYNTHETIC_CLASSES"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SYNTHETIC_CLASSES":
+        return importlib.import_module("magvit_pl.data.synthetic").CLASSES
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"magvit_pl.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'magvit_pl.data' has no attribute '{name}'")

@@ -156,10 +156,8 @@ class MTMModule(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # weight decay on weight matrices (and embedding tables) only, never on biases or LayerNorm
-        decay = [p for p in self.transformer.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.transformer.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        # weight decay on Linear weight matrices only (not embeddings, LayerNorm or biases), as the official code
+        opt = torch.optim.AdamW(self.transformer.param_groups(hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
         total = total_training_steps(self.trainer)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,381 @@
+"""VideoDataModule: clips from webdataset shards (made by ``prepare`` or the synthetic generator).
+
+Batches are dicts::
+
+    video  float32 (B, 3, T, H, W) in [-1, 1]
+    label  int64 (B,)  (-1 when the dataset has no labels)
+    key    list[str]   the sample keys (unique per dataset)
+
+Train: an endless stream over randomly resampled shards, shuffled through a buffer, cut into epochs
+of ``train_samples_per_epoch`` clips. Every random choice (shard order, shuffle, clip start, crop,
+flip) comes from one numpy generator per data-loader worker seeded with
+``(seed, epoch, rank, worker)``: an epoch's batches are reproducible, and a new epoch reseeds.
+The epoch number is the trainer's ``current_epoch`` (or a count of passes without a trainer), read
+in the main process each time the loader is iterated and handed to the workers with the dataset.
+
+Val / test: shards in a fixed order, centred clips and crops. They are split across DDP ranks and
+then workers by whole shards when there are enough shards, otherwise by sample index, so every
+sample is seen exactly once per epoch and nothing is duplicated or dropped (the last batch of a
+worker can be short, and ranks may differ by a batch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from magvit_pl.data import synthetic
+from magvit_pl.data.shards import decode_sample
+from magvit_pl.data.video import center_crop, random_crop, resize_short_side
+from magvit_pl.errors import MissingFileError, UserError
+
+DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
+
+
+def default_data_root() -> Path:
+    """Where prepared and synthetic shards live: ``$MAGVIT_PL_DATA`` or ``./data/shards``."""
+    return Path(os.environ.get(DATA_ENV) or "data/shards")
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    """The parsed ``manifest.json`` of a shard folder; MissingFileError naming the prepare command."""
+    path = Path(data_dir) / "manifest.json"
+    if not Path(data_dir).is_dir():
+        raise MissingFileError(f"data folder {data_dir} not found; make it with: "
+                               f"python cli.py prepare --input VIDEOS --output {data_dir}")
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found ({data_dir} is not a prepared dataset); make it with: "
+                               f"python cli.py prepare --input VIDEOS --output {data_dir}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); prepare the data again") from None
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    return x.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (C, T, H, W)
+
+
+def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3) (clamped and rounded)."""
+    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous().numpy()
+
+
+class ShardClips(IterableDataset):
+    """Clips from a list of shards; see the module docstring for the train / eval behaviour.
+
+    ``rank`` and ``world_size`` are read in the process that iterates the DataLoader (the main one)
+    and travel to the workers with the dataset, so worker processes need no distributed setup.
+    """
+
+    def __init__(self, shards: list[str], counts: list[int], num_frames: int, resolution: int, frame_stride: int = 1,
+                 train: bool = False, seed: int = 0, shuffle_buffer: int = 256, samples_per_epoch: int = 512,
+                 batch_size: int = 1, num_workers: int = 0, random_crop: bool = True, random_flip: bool = True):
+        super().__init__()
+        if not shards:
+            raise UserError("no shards to read")
+        self.shards, self.counts = list(shards), list(counts)
+        self.num_frames, self.resolution, self.frame_stride = num_frames, resolution, frame_stride
+        self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
+        self.samples_per_epoch, self.batch_size, self.num_workers = samples_per_epoch, batch_size, num_workers
+        self.random_crop, self.random_flip = random_crop, random_flip
+        self.epoch = 0
+        self.rank, self.world_size = 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_distributed(self, rank: int | None = None, world_size: int | None = None) -> None:
+        """Record this process's DDP rank (default: from torch.distributed or RANK/WORLD_SIZE)."""
+        if rank is None or world_size is None:
+            rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    def _workers(self) -> int:
+        return max(1, self.num_workers)
+
+    def per_worker_train(self) -> int:
+        """Train clips each worker yields per epoch: a whole number of batches, so that all ranks and
+        workers together yield at least ``samples_per_epoch`` clips."""
+        parts = self.world_size * self._workers() * self.batch_size
+        return math.ceil(self.samples_per_epoch / parts) * self.batch_size
+
+    def eval_counts(self) -> list[int]:
+        """How many samples each worker of this rank yields in an eval pass."""
+        n_w, parts = self._workers(), self.world_size * self._workers()
+        if len(self.shards) >= parts:
+            mine = self.counts[self.rank :: self.world_size]
+            return [sum(mine[w::n_w]) for w in range(n_w)]
+        total = sum(self.counts)
+        return [len(range(self.rank * n_w + w, total, parts)) for w in range(n_w)]
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch, counted so that ``len(DataLoader)`` is the exact
+        number of batches (each worker's last eval batch may be short)."""
+        if self.train:
+            return self.per_worker_train() * self._workers()
+        b = self.batch_size
+        return sum(math.ceil(c / b) * b for c in self.eval_counts())
+
+    # -- iteration --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, n_w = (info.id, info.num_workers) if info is not None else (0, 1)
+        if n_w != self._workers():  # the DataLoader's num_workers decides, whatever was set before
+            self.num_workers = n_w if info is not None else 0
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+            return islice(self._train_stream(rng), self.per_worker_train())
+        return self._eval_stream(worker, n_w)
+
+    def _train_stream(self, rng: np.random.Generator) -> Iterator[dict]:
+        def shard_urls():
+            while True:  # resample shards with replacement, forever
+                yield {"url": self.shards[int(rng.integers(len(self.shards)))]}
+
+        raw = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shard_urls())
+        failures = 0
+        for sample in _shuffle(raw, self.shuffle_buffer, rng):
+            try:
+                yield self._clip(sample, rng)
+                failures = 0
+            except (ValueError, UserError) as e:  # a bad or too-short sample: skip it, say which
+                warnings.warn(f"skipping sample {sample.get('__key__')}: {e}", stacklevel=2)
+                failures += 1
+                if failures >= 100:
+                    raise UserError(f"100 training samples in a row were unusable (last: {e}); {_HINT}") from None
+
+    def _eval_stream(self, worker: int, n_w: int) -> Iterator[dict]:
+        parts = self.world_size * n_w
+        if len(self.shards) >= parts:  # whole shards: by node, then by worker
+            urls = [{"url": u} for u in self.shards[self.rank :: self.world_size]]
+            mine = wds.tarfile_to_samples()(urls[worker::n_w])
+        else:  # too few shards: every reader walks all shards, keeps its share of samples
+            raw = wds.tarfile_to_samples()({"url": u} for u in self.shards)
+            mine = islice(raw, self.rank * n_w + worker, None, parts)
+        for sample in mine:
+            try:
+                yield self._clip(sample, None)
+            except ValueError as e:  # evaluation must see every sample: stop with the reason
+                raise UserError(f"sample {sample.get('__key__')}: {e}; {_HINT}") from None
+
+    def _clip(self, sample: dict, rng: np.random.Generator | None) -> dict:
+        """Decode a raw sample to a model-ready clip (random when ``rng`` is given, centred if not)."""
+        d = decode_sample(sample, self.num_frames, self.frame_stride, None, rng)
+        frames = d["frames"]  # (T, H, W, 3) uint8
+        if min(frames.shape[1:3]) != self.resolution:
+            frames = resize_short_side(frames, self.resolution)
+        if rng is not None and self.random_crop:
+            frames = random_crop(frames, self.resolution, rng)
+        else:
+            frames = center_crop(frames, self.resolution)
+        if rng is not None and self.random_flip and rng.uniform() < 0.5:
+            frames = frames[:, :, ::-1]
+        return {"video": frames_to_tensor(frames), "label": d["label"], "key": d["key"]}
+
+
+_HINT = "lower --data.num_frames / --data.frame_stride or prepare again with a larger --min_frames"
+
+
+def _shuffle(stream: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Shuffle through a buffer of ``size`` items (raw encoded samples), drawing with ``rng``."""
+    if size <= 1:
+        yield from stream
+        return
+    buf: list[dict] = []
+    for item in stream:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buf[j]
+        buf[j] = item
+    order = rng.permutation(len(buf))
+    yield from (buf[i] for i in order)
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that, each time it is iterated, tells its dataset the epoch and DDP rank (read
+    here in the main process, then copied to the workers with the dataset)."""
+
+    epoch_fn: Callable[[], int | None] | None = None
+    _passes: int = 0
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        if epoch is None:
+            epoch = self._passes
+        self._passes += 1
+        self.dataset.set_epoch(epoch)
+        self.dataset.set_distributed()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self.dataset.set_distributed()
+        return super().__len__()
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Video clips from prepared shards, or from the embedded synthetic dataset.
+
+    Args:
+        data_dir: A folder made by ``cli.py prepare`` (with manifest.json). None uses the embedded
+            synthetic dataset, generated on first use under ``$MAGVIT_PL_DATA`` or ``data/shards``.
+        num_frames: Frames per clip.
+        resolution: Clips are square, resolution x resolution (short side resized to it, then cropped).
+        frame_stride: Take every n-th frame of the stored video.
+        batch_size: Clips per batch (per device).
+        eval_batch_size: Batch size for validation and test (default: batch_size).
+        num_workers: Data-loader worker processes (0 loads in the training process).
+        shuffle_buffer: Training samples held for shuffling (memory: this many encoded videos).
+        train_samples_per_epoch: Training clips per epoch over all devices (rounded up to whole
+            batches per worker); the training stream itself is endless.
+        random_crop: Random spatial crop for training (else centre crop).
+        random_flip: Random horizontal flip for training.
+        seed: Seed of every training random choice, combined with epoch, rank and worker.
+        train_split: Split name used for training.
+        val_split: Split used for validation (e.g. 'test' for UCF-101, which has no val split).
+        test_split: Split used for testing.
+        pin_memory: Pin batches in page-locked memory (for GPU training).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        num_frames: int = 16,
+        resolution: int = 64,
+        frame_stride: int = 1,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        shuffle_buffer: int = 256,
+        train_samples_per_epoch: int = 512,
+        random_crop: bool = True,
+        random_flip: bool = True,
+        seed: int = 0,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        for name, value in (("num_frames", num_frames), ("resolution", resolution), ("frame_stride", frame_stride),
+                            ("batch_size", batch_size), ("train_samples_per_epoch", train_samples_per_epoch)):
+            if value < 1:
+                raise UserError(f"--data.{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.num_frames, self.resolution, self.frame_stride = num_frames, resolution, frame_stride
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.random_crop, self.random_flip, self.seed = random_crop, random_flip, seed
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.pin_memory = pin_memory
+        self._manifest: dict | None = None
+
+    # -- where the data is ------------------------------------------------------------------------
+
+    def synthetic_kwargs(self) -> dict:
+        """Arguments for synthetic.ensure_default_dataset matching this module's clip size."""
+        frames = max(16, (self.num_frames - 1) * self.frame_stride + 1)
+        return {"num_frames": frames, "resolution": self.resolution}
+
+    @property
+    def root(self) -> Path:
+        """The shard folder this module reads."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        kw = self.synthetic_kwargs()
+        name = "synthetic" if kw == {"num_frames": 16, "resolution": 64} else \
+            f"synthetic-{kw['num_frames']}x{kw['resolution']}"
+        return default_data_root() / name
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset if it is used and absent; check a given data_dir."""
+        if self.data_dir is None:
+            synthetic.ensure_default_dataset(self.root, **self.synthetic_kwargs())
+        else:
+            read_manifest(self.root)
+
+    @property
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            if self.data_dir is None and not (self.root / "manifest.json").is_file():
+                self.prepare_data()  # used outside a Trainer: generate the synthetic set now
+            self._manifest = read_manifest(self.root)
+        return self._manifest
+
+    @staticmethod
+    def classes_from_manifest(data_dir: str | os.PathLike) -> list[str]:
+        """Class names (label order) of a prepared dataset."""
+        return list(read_manifest(data_dir).get("classes", []))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (the synthetic set's are known without generating it)."""
+        if self.data_dir is None and self._manifest is None:
+            return list(synthetic.CLASSES)
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._manifest = None  # re-read: prepare_data may have just written it
+        _ = self.manifest
+
+    # -- loaders ----------------------------------------------------------------------------------
+
+    def _dataset(self, split_key: str, train: bool) -> ShardClips:
+        split = self.splits[split_key]
+        splits = self.manifest.get("splits", {})
+        entry = splits.get(split)
+        if not entry or not entry.get("shards"):
+            have = ", ".join(k for k, v in splits.items() if v.get("count")) or "none"
+            raise UserError(f"{self.root} has no '{split}' split (splits with data: {have}); "
+                            f"set --data.{split_key}_split to one of them")
+        shards = [str(self.root / s["name"]) for s in entry["shards"]]
+        counts = [int(s["count"]) for s in entry["shards"]]
+        return ShardClips(shards, counts, self.num_frames, self.resolution, self.frame_stride, train=train,
+                          seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                          samples_per_epoch=self.train_samples_per_epoch,
+                          batch_size=self.batch_size if train else self.eval_batch_size,
+                          num_workers=self.num_workers, random_crop=self.random_crop, random_flip=self.random_flip)
+
+    def _loader(self, dataset: ShardClips) -> DataLoader:
+        loader = _EpochLoader(dataset, batch_size=dataset.batch_size, num_workers=self.num_workers,
+                              pin_memory=self.pin_memory, persistent_workers=False)
+        loader.epoch_fn = self._trainer_epoch
+        return loader
+
+    def _trainer_epoch(self) -> int | None:
+        trainer = self.trainer
+        return None if trainer is None else int(trainer.current_epoch)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train", train=True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", train=False))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", train=False))
+

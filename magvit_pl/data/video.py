@@ -1,0 +1,439 @@
+"""Video I/O with PyAV, and the frame-array helpers the data pipeline is built from.
+
+On disk and in this module a video is a uint8 array ``(T, H, W, 3)`` (RGB, channel last). Anything
+the bundled FFmpeg can decode is accepted (mp4, avi, mkv, webm, mpg, gif ...); grayscale, 10-bit and
+4:4:4 sources come out as 8-bit RGB. Every decode failure raises :class:`VideoReadError` with a short
+reason, so a caller (``prepare``) can skip the file and list why.
+
+The array helpers (``resize_short_side``, ``center_crop``, ``random_crop``, ``sample_clip``) take a
+channel-last ``(..., H, W, C)`` numpy array or torch tensor and return the same type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+Source = Union[str, os.PathLike, bytes]
+Frames = Union[np.ndarray, "torch.Tensor"]  # torch is imported only when a resize needs it
+
+
+class VideoReadError(UserError):
+    """A video could not be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read video {self.path}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the first video stream (``num_frames`` may be an estimate)."""
+
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    codec: str
+
+
+def _name(src: Source) -> str:
+    return f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
+
+
+def _open(src: Source, timeout_s: float | None = None) -> av.container.InputContainer:
+    """Open ``src`` for reading, turning every failure into a VideoReadError."""
+    if isinstance(src, (bytes, bytearray)):
+        if len(src) == 0:
+            raise VideoReadError(_name(src), "empty (0 bytes)")
+        handle: object = io.BytesIO(src)
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise MissingFileError(f"video file not found: {path}")
+        if path.stat().st_size == 0:
+            raise VideoReadError(path, "empty file (0 bytes)")
+        handle = str(path)
+    try:
+        # `timeout` bounds blocking reads (network sources); the decode loop has its own deadline.
+        return av.open(handle, mode="r", timeout=timeout_s)
+    except av.error.FFmpegError as e:
+        raise VideoReadError(_name(src), f"corrupt, truncated or not a video ({_msg(e)})") from None
+
+
+def _msg(e: Exception) -> str:
+    """FFmpeg's reason without the errno and file name PyAV adds."""
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(name, "no video stream")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: Source) -> VideoInfo:
+    """Read the header of ``path`` (no decoding). ``num_frames`` is estimated from the duration when
+    the container does not store a frame count (mkv, webm)."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, _name(path))
+        fps = _stream_fps(stream)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        frames = stream.frames or int(round(duration * fps))
+        cc = stream.codec_context
+        return VideoInfo(cc.width, cc.height, fps, int(frames), duration, cc.name)
+    finally:
+        container.close()
+
+
+def read_video(
+    path: Source,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float = 0.0,
+    timeout_s: float | None = 120.0,
+    threads: int = 0,
+    short_side: int | None = None,
+) -> np.ndarray:
+    """Decode a video into a uint8 array ``(T, H, W, 3)``.
+
+    Args:
+        path: A file path, or the encoded bytes of a video.
+        fps: Resample to this frame rate by picking, for each target time ``start + k / fps``, the
+            source frame whose timestamp is nearest (the earlier one on a tie; works for variable
+            frame rate). None keeps every frame.
+        max_frames: Stop after this many output frames.
+        start: Skip everything before this time (seconds from the start of the stream).
+        timeout_s: Give up with a VideoReadError after this many seconds of decoding.
+        threads: Decoder threads (0 lets FFmpeg choose; use 1 inside data-loader workers).
+        short_side: Scale each frame while decoding so its shorter side is this many pixels and the
+            longer side keeps the aspect ratio, rounded to an even number (area filter when
+            shrinking, bicubic when enlarging). Memory then never holds full-size frames.
+    """
+    if fps is not None and fps <= 0:
+        raise UserError(f"fps must be positive or None, got {fps}")
+    name = _name(path)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        container = _open(path, timeout_s)
+    except VideoReadError:
+        if deadline is not None and time.monotonic() > deadline:  # FFmpeg's interrupt stopped the open
+            raise VideoReadError(name, "timed out while opening") from None
+        raise
+    try:
+        stream = _video_stream(container, name)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        frames, declared, decoded, at_end = _decode(container, stream, name, fps, max_frames, start, deadline,
+                                                    short_side)
+    finally:
+        container.close()
+    if not frames:
+        raise VideoReadError(name, "zero frames decoded")
+    # A stream that ends well before the frame count its header declares was cut off.
+    if at_end and start == 0 and declared > 1 and decoded < 0.9 * declared:
+        raise VideoReadError(name, f"truncated: decoded {decoded} of {declared} frames the header declares")
+    return np.stack(frames)
+
+
+def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) with the shorter side = ``short_side`` and the longer side scaled to keep the
+    aspect ratio, rounded to an even number (>= short_side)."""
+    if height <= width:
+        return short_side, max(short_side, 2 * round(width * short_side / height / 2))
+    return max(short_side, 2 * round(height * short_side / width / 2)), short_side
+
+
+def to_rgb(frame: av.VideoFrame, reformatter: VideoReformatter, short_side: int | None = None) -> np.ndarray:
+    """The frame as uint8 RGB (H, W, 3), scaled by swscale when ``short_side`` is set.
+
+    Pass the same ``reformatter`` for every frame of a video: it keeps the swscale context, which
+    ``frame.to_ndarray(format=...)`` rebuilds per frame (3x slower on small frames).
+    """
+    if short_side is None:
+        return reformatter.reformat(frame, format="rgb24").to_ndarray()
+    h, w = scaled_size(frame.height, frame.width, short_side)
+    interp = "AREA" if h * w < frame.height * frame.width else "BICUBIC"
+    return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
+
+
+def _decode(container, stream, name, fps, max_frames, start, deadline, short_side):
+    """The decode loop of read_video: returns (rgb frames, declared frame count, decoded count,
+    whether the stream was read to its end)."""
+    tb = stream.time_base or Fraction(1, 1)
+    t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    src_rate = _stream_fps(stream) or 25.0
+    if start > 0:
+        try:
+            container.seek(int((start + t0) / tb), stream=stream, backward=True)
+        except av.error.FFmpegError:
+            pass  # not seekable: decode from the beginning and skip
+    out: list[np.ndarray] = []
+    reformatter = VideoReformatter()
+    rgb = lambda f: to_rgb(f, reformatter, short_side)  # noqa: E731
+    decoded = 0
+    prev = None  # (time, frame) of the last decoded frame
+    next_k = 0  # index of the next target time when resampling
+    last_end = None
+    at_end = False
+    try:
+        for frame in container.decode(stream):
+            if deadline is not None and time.monotonic() > deadline:
+                raise VideoReadError(name, "timed out while decoding")
+            decoded += 1
+            t = (float(frame.time) - t0) if frame.time is not None else (decoded - 1) / src_rate
+            dur = float(frame.duration * tb) if frame.duration else 1.0 / src_rate
+            last_end = t + dur
+            if fps is None:
+                if t + 0.5 * dur <= start:
+                    continue
+                out.append(rgb(frame))
+            else:
+                # emit every target time this frame is past, choosing the nearer of prev / this frame
+                while start + next_k / fps <= t:
+                    target = start + next_k / fps
+                    near = prev if prev is not None and target - prev[0] <= t - target + 1e-9 else (t, frame)
+                    out.append(rgb(near[1]))
+                    next_k += 1
+                    if max_frames is not None and len(out) >= max_frames:
+                        break
+                prev = (t, frame)
+            if max_frames is not None and len(out) >= max_frames:
+                break
+        else:
+            at_end = True
+    except av.error.FFmpegError as e:
+        if deadline is not None and time.monotonic() > deadline:  # FFmpeg's own interrupt fired
+            raise VideoReadError(name, "timed out while decoding") from None
+        raise VideoReadError(name, f"truncated/corrupt: decode error after {decoded} frames ({_msg(e)})") from None
+    if fps is not None and prev is not None and (max_frames is None or len(out) < max_frames):
+        # targets after the last frame's timestamp but before it ends take the last frame
+        while start + next_k / fps < last_end - 1e-9:
+            out.append(rgb(prev[1]))
+            next_k += 1
+            if max_frames is not None and len(out) >= max_frames:
+                break
+    return out, int(stream.frames or 0), decoded, at_end
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def encode_video(frames: np.ndarray, fps: float, fmt: str = "mp4", crf: int = 18, gop: int | None = None,
+                 pix_fmt: str = "yuv420p", preset: str = "medium") -> bytes:
+    """Encode uint8 ``(T, H, W, 3)`` frames and return the file bytes (``fmt``: 'mp4' or 'gif').
+
+    mp4 uses libx264 at ``crf``; odd heights/widths are padded by one replicated row/column (4:2:0
+    needs even sizes; with ``pix_fmt='yuv444p'`` sizes stay as they are). ``gop`` sets the keyframe
+    interval (small values make seeking cheap). gif builds one 256-colour palette for the whole clip.
+    """
+    frames = _check_frames(frames)
+    buf = io.BytesIO()
+    buf.name = f"video.{fmt}"
+    if fmt == "mp4":
+        _encode_mp4(buf, frames, fps, crf, gop, pix_fmt, preset)
+    elif fmt == "gif":
+        _encode_gif(buf, frames, fps)
+    else:
+        raise UserError(f"unsupported video format '{fmt}': use mp4 or gif")
+    return buf.getvalue()
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18,
+                pix_fmt: str = "yuv420p") -> Path:
+    """Write uint8 ``(T, H, W, 3)`` frames to ``path`` atomically; the suffix (.mp4 or .gif) picks
+    the format. mp4: libx264 at ``crf`` (0 = lossless in YUV) in ``pix_fmt`` ('yuv420p' plays
+    everywhere; 'yuv444p' keeps full colour). Returns the path."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("mp4", "gif"):
+        raise UserError(f"cannot write '{path}': the suffix must be .mp4 or .gif")
+    data = encode_video(frames, fps, fmt=fmt, crf=crf, pix_fmt=pix_fmt)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _encode_mp4(buf, frames, fps, crf, gop, pix_fmt, preset):
+    if pix_fmt == "yuv420p":  # 4:2:0 needs even sizes: replicate the last row / column
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=_rate(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        opts = {"crf": str(crf), "preset": preset}
+        if gop is not None:
+            opts.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+        stream.options = opts
+        stream.codec_context.thread_count = 1
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+
+
+def _encode_gif(buf, frames, fps):
+    t, h, w, _ = frames.shape
+    rate = _rate(fps)
+    with av.open(buf, mode="w", format="gif") as out:
+        stream = out.add_stream("gif", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "pal8"
+        # one palette for the whole clip: split -> palettegen (emits at EOF) -> paletteuse
+        graph = av.filter.Graph()
+        src = graph.add_buffer(width=w, height=h, format="rgb24", time_base=1 / rate)
+        split, gen = graph.add("split"), graph.add("palettegen", "stats_mode=full")
+        use, sink = graph.add("paletteuse", "dither=none"), graph.add("buffersink")
+        src.link_to(split)
+        split.link_to(gen, 0, 0)
+        split.link_to(use, 1, 0)
+        gen.link_to(use, 0, 1)
+        use.link_to(sink)
+        graph.configure()
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            graph.push(vf)
+        graph.push(None)
+        while True:
+            try:
+                out.mux(stream.encode(graph.pull()))
+            except (av.error.EOFError, av.error.BlockingIOError):
+                break
+        out.mux(stream.encode(None))
+
+
+# ----------------------------------------------------------------------------------------------
+# clip sampling and spatial helpers (channel-last numpy or torch)
+
+
+def clip_indices(num_available: int, num_frames: int, stride: int = 1, start: int | None = None,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """Frame indices of a clip of ``num_frames`` frames taken every ``stride`` frames.
+
+    ``start=None`` picks a uniformly random start with ``rng`` (or the centred clip when ``rng`` is
+    None). Raises ValueError when the video is shorter than the clip span.
+    """
+    span = (num_frames - 1) * stride + 1
+    if num_frames < 1 or stride < 1:
+        raise ValueError(f"num_frames and stride must be >= 1, got {num_frames}, {stride}")
+    if num_available < span:
+        raise ValueError(f"too short: {num_available} frames < {span} (num_frames={num_frames}, stride={stride})")
+    last = num_available - span
+    if start is None:
+        start = int(rng.integers(0, last + 1)) if rng is not None else last // 2
+    if not 0 <= start <= last:
+        raise ValueError(f"clip start {start} out of range [0, {last}]")
+    return start + stride * np.arange(num_frames)
+
+
+def sample_clip(frames: Frames, num_frames: int, stride: int = 1, start: int | None = None,
+                rng: np.random.Generator | None = None) -> Frames:
+    """Take ``num_frames`` frames every ``stride`` from ``frames`` (time first); see clip_indices."""
+    idx = clip_indices(len(frames), num_frames, stride, start, rng)
+    return frames[int(idx[0]) : int(idx[-1]) + 1 : stride]
+
+
+def resize_short_side(frames: Frames, size: int, max_long: int | None = None) -> Frames:
+    """Resize ``(..., H, W, C)`` frames so the shorter side is ``size`` (keeping the aspect ratio;
+    the long side is rounded, and capped at ``max_long`` if given).
+
+    Downscaling uses antialiased bilinear filtering (no aliasing on fine textures); upscaling plain
+    bilinear. uint8 in -> uint8 out (rounded); float stays float. numpy in -> numpy out.
+    """
+    h, w = frames.shape[-3], frames.shape[-2]
+    if h <= w:
+        new_h, new_w = size, max(1, round(w * size / h))
+    else:
+        new_h, new_w = max(1, round(h * size / w)), size
+    if max_long is not None:
+        new_h, new_w = min(new_h, max_long), min(new_w, max_long)
+    return resize(frames, new_h, new_w)
+
+
+def resize(frames: Frames, height: int, width: int) -> Frames:
+    """Resize ``(..., H, W, C)`` frames to ``height x width`` (antialiased when shrinking)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = frames.shape[-3], frames.shape[-2]
+    if (h, w) == (height, width):
+        return frames
+    is_numpy = isinstance(frames, np.ndarray)
+    x = torch.from_numpy(np.ascontiguousarray(frames)) if is_numpy else frames
+    dtype, lead = x.dtype, x.shape[:-3]
+    x = x.reshape(-1, h, w, x.shape[-1]).permute(0, 3, 1, 2).float()  # (N, C, H, W)
+    shrink = height < h or width < w
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
+    x = x.permute(0, 2, 3, 1).reshape(*lead, height, width, -1)  # (..., H', W', C)
+    if dtype == torch.uint8:
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        x = x.to(dtype)
+    return x.numpy() if is_numpy else x
+
+
+def _crop_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def center_crop(frames: Frames, size: int | tuple[int, int]) -> Frames:
+    """Crop the central ``size`` (int for a square, or (h, w)) of ``(..., H, W, C)`` frames."""
+    ch, cw = _crop_size(size)
+    h, w = frames.shape[-3], frames.shape[-2]
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} is larger than the frames {h}x{w}; resize first")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return frames[..., top : top + ch, left : left + cw, :]
+
+
+def random_crop(frames: Frames, size: int | tuple[int, int], rng: np.random.Generator) -> Frames:
+    """Crop ``size`` at a uniformly random position (the same for every frame)."""
+    ch, cw = _crop_size(size)
+    h, w = frames.shape[-3], frames.shape[-2]
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} is larger than the frames {h}x{w}; resize first")
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return frames[..., top : top + ch, left : left + cw, :]

@@ -1,0 +1,233 @@
+"""The stage-2 masked token transformer: a BERT encoder over ``[task][class][video tokens]``.
+
+MAGVIT (Yu et al., CVPR 2023, arXiv 2212.05199) §3.2 uses BERT as in MaskGIT: learned absolute
+positions, embedding LayerNorm + dropout, post-LayerNorm blocks (LN after each residual add, eps
+1e-12), GELU MLPs, and an MLM head ``Dense → GELU → LN → tied word embedding + bias`` whose logits are
+restricted to the ``codebook_size`` visual codes. GELU is the tanh approximation, as in BERT and the
+official JAX code (``jax.nn.gelu``). ``pre_norm=True`` switches to pre-LN blocks plus a final LN.
+
+The same module runs causally (``causal=True``, optionally with a :class:`KVCache`) for the
+autoregressive baseline decoder in ``magvit_pl.sampling``; MAGVIT itself never uses that mode.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from magvit_pl.errors import UserError
+from magvit_pl.models.attention import Backend, KVCache, attention
+
+PRESETS: dict[str, dict[str, int]] = {
+    # name: layers / width / heads / MLP width
+    "tiny": dict(num_layers=2, hidden_dim=64, num_heads=2, mlp_dim=256),
+    "small": dict(num_layers=4, hidden_dim=128, num_heads=4, mlp_dim=512),
+    "B": dict(num_layers=12, hidden_dim=768, num_heads=12, mlp_dim=3072),
+    "L": dict(num_layers=24, hidden_dim=1024, num_heads=16, mlp_dim=4096),
+}
+
+
+def init_bert_(module: nn.Module, std: float = 0.02) -> None:
+    """BERT init: weights and embeddings ~ N(0, std²) truncated at ±2·std; biases 0; LN (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection and a switchable kernel."""
+
+    def __init__(self, hidden_dim: int, num_heads: int, attention_dropout: float, backend: Backend):
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise UserError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
+        self.proj = nn.Linear(hidden_dim, hidden_dim)
+        self.attention_dropout = attention_dropout
+        self.backend = backend
+
+    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        hs = C // self.num_heads
+        q, k, v = (t.view(B, L, self.num_heads, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, cached + L, hs)
+        p = self.attention_dropout if self.training else 0.0
+        y = attention(q, k, v, backend=self.backend, dropout_p=p, causal=causal)  # (B, nh, L, hs)
+        y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """One transformer layer; post-LN (BERT) by default, pre-LN when ``pre_norm``."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        layer_norm_eps: float,
+        pre_norm: bool,
+        backend: Backend,
+    ):
+        super().__init__()
+        self.attn = SelfAttention(hidden_dim, num_heads, attention_dropout, backend)
+        self.ln1 = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
+        self.fc1 = nn.Linear(hidden_dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, hidden_dim)
+        self.ln2 = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
+        self.drop = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.ln1(x), causal, kv_cache, layer))
+            return x + self.drop(self.mlp(self.ln2(x)))
+        x = self.ln1(x + self.drop(self.attn(x, causal, kv_cache, layer)))
+        return self.ln2(x + self.drop(self.mlp(x)))
+
+
+class BidirectionalTransformer(nn.Module):
+    """BERT-style masked token model; ``forward(tokens (B, L)) -> logits (B, L, codebook_size)``."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        hidden_dim: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        pre_norm: bool = False,
+        attention_backend: Backend = "sdpa",
+        activation_checkpointing: bool = False,
+        codebook_size: int | None = None,
+    ):
+        """
+        Args:
+            vocab_size: number of input token ids (codes, class tokens, special and task tokens).
+            seq_len: longest sequence, prefix included (positions are learned).
+            hidden_dim: width of the residual stream.
+            num_layers: number of transformer blocks.
+            num_heads: attention heads per block.
+            mlp_dim: hidden width of each block's MLP.
+            dropout: dropout on embeddings and on each residual branch.
+            attention_dropout: dropout on the attention probabilities.
+            layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
+            pre_norm: pre-LN blocks with a final LN instead of BERT's post-LN.
+            attention_backend: ``sdpa`` (default), ``xformers`` (CUDA + xformers only, otherwise sdpa
+                with a logged notice) or ``math`` (reference).
+            activation_checkpointing: recompute each block in the backward pass (training only).
+            codebook_size: logits cover token ids ``[0, codebook_size)`` only; None = the whole vocab.
+        """
+        super().__init__()
+        codebook_size = vocab_size if codebook_size is None else codebook_size
+        if not 0 < codebook_size <= vocab_size:
+            raise UserError(f"codebook_size={codebook_size} must be in [1, vocab_size={vocab_size}]")
+        self.vocab_size, self.seq_len, self.codebook_size = vocab_size, seq_len, codebook_size
+        self.num_layers, self.num_heads, self.hidden_dim = num_layers, num_heads, hidden_dim
+        self.activation_checkpointing = activation_checkpointing
+
+        self.tok_emb = nn.Embedding(vocab_size, hidden_dim)
+        self.pos_emb = nn.Embedding(seq_len, hidden_dim)
+        self.emb_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                hidden_dim, num_heads, mlp_dim, dropout, attention_dropout, layer_norm_eps, pre_norm,
+                attention_backend,
+            )
+            for _ in range(num_layers)
+        )
+        self.final_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps) if pre_norm else nn.Identity()
+        # MLM head: Dense → GELU → LN → tied word embedding + bias
+        self.head_dense = nn.Linear(hidden_dim, hidden_dim)
+        self.head_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
+        self.head_bias = nn.Parameter(torch.zeros(vocab_size))
+        init_bert_(self)
+
+    def forward(self, tokens: Tensor, causal: bool = False, kv_cache: KVCache | None = None) -> Tensor:
+        """Logits ``(B, L, codebook_size)`` for token ids ``(B, L)``.
+
+        Args:
+            tokens: input ids ``(B, L)``, long.
+            causal: attend only to earlier positions (autoregressive baseline).
+            kv_cache: continue a causal sequence: ``tokens`` are the positions after
+                ``kv_cache.length``; keys/values are stored and the cache advanced. Implies causal.
+        """
+        B, L = tokens.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + L > self.seq_len:
+            raise ValueError(f"sequence of {start + L} tokens is longer than seq_len={self.seq_len}")
+        causal = causal or kv_cache is not None
+        pos = torch.arange(start, start + L, device=tokens.device)
+        x = self.emb_drop(self.emb_ln(self.tok_emb(tokens) + self.pos_emb(pos)))  # (B, L, C)
+        ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if ckpt:
+                x = checkpoint(block, x, causal, use_reentrant=False)
+            else:
+                x = block(x, causal, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(L)
+        x = self.final_ln(x)
+        h = self.head_ln(F.gelu(self.head_dense(x), approximate="tanh"))  # (B, L, C)
+        K = self.codebook_size
+        return h @ self.tok_emb.weight[:K].t() + self.head_bias[:K]  # (B, L, K)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache sized for this model (``max_len`` defaults to ``seq_len``)."""
+        p = self.tok_emb.weight
+        return KVCache(
+            self.num_layers, batch_size, self.num_heads, max_len or self.seq_len,
+            self.hidden_dim // self.num_heads, device=p.device, dtype=p.dtype,
+        )
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups as in the official code: decay only the Linear weight matrices; embeddings,
+        LayerNorms and biases get none."""
+        decay = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        params = list(self.parameters())
+        return [
+            {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+        ]
+
+    def num_params(self) -> int:
+        """Number of parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def transformer_from_preset(
+    preset: str, vocab_size: int, seq_len: int, codebook_size: int | None = None, **overrides
+) -> BidirectionalTransformer:
+    """Build a :class:`BidirectionalTransformer` from a named size in :data:`PRESETS`.
+
+    Args:
+        preset: one of ``tiny``, ``small`` (CPU), ``B``, ``L`` (paper sizes).
+        vocab_size: number of token ids.
+        seq_len: sequence length including the prefix.
+        codebook_size: number of visual codes (logit width).
+        overrides: any other constructor argument (dropout, pre_norm, attention_backend ...).
+    """
+    if preset not in PRESETS:
+        raise UserError(f"transformer preset {preset!r} is not known; choose one of {', '.join(PRESETS)}")
+    kwargs = {**PRESETS[preset], **overrides}
+    return BidirectionalTransformer(vocab_size=vocab_size, seq_len=seq_len, codebook_size=codebook_size, **kwargs)

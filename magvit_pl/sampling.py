@@ -1,0 +1,195 @@
+"""Decoding: COMMIT non-autoregressive decoding (MaskGIT style) and an autoregressive baseline.
+
+:func:`decode` follows the official MAGVIT/MaskGIT parallel decoder. The state is the video token
+sequence plus an ``unknown`` mask. Initially every position is unknown and shows ``z̃`` inside the
+condition region and ``[MASK]`` outside. Each of the K steps t = 0 … K−1:
+
+1. one model pass on ``[prefix][tokens]`` gives logits ``(B, N, codebook)``;
+2. a token is sampled at every position (temperature, optional top-k); known positions keep theirs;
+3. confidence = ``log p(sampled)`` (+∞ for known positions) ``+ choice_temperature·(1 − (t+1)/K)·Gumbel``;
+4. ``n = max(1, ⌊N·schedule((t+1)/K)⌋)``, capped at (#unknown − 1), least confident positions are
+   re-masked (showing ``z̃`` again inside the condition, ``[MASK]`` outside); the rest become known
+   and stay fixed.
+
+The result is the sampled sequence of the last step, which contains no ``[MASK]``. The choice
+temperature anneals linearly with the progress *after* the step, ``(t+1)/K``, as in the official code,
+so the last step adds no noise.
+
+Exactly K model calls are made. With classifier-free guidance (``guidance_scale > 0``) the
+conditional and unconditional sequences are concatenated along the batch, so it is still K calls,
+each on a batch of 2B; logits are ``c + s·(c − u)``, where the unconditional pass sees the
+``uncond_prefix`` (class token → UNCOND) and ``[MASK]`` at every unknown position (no ``z̃``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from magvit_pl.commit import Mode, Vocab, mask_ratio_schedule
+from magvit_pl.errors import UserError
+
+ModelFn = Callable[[Tensor], Tensor]
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard Gumbel noise ``−log(−log U)``."""
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample ids from ``logits (..., K)``; returns ``(...)`` long.
+
+    Args:
+        logits: unnormalised scores.
+        temperature: divide the logits by this; 0 = greedy (argmax).
+        top_k: sample only among the k largest logits.
+        generator: torch generator for reproducible draws.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(-1)
+    # inverse-CDF sampling: one uniform per row (4x cheaper than Gumbel-max over the whole vocab)
+    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)  # (..., K)
+    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device) * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, u, right=True)[..., 0]  # first index with cdf > u
+    return idx.clamp_(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def decode(
+    model_fn: ModelFn,
+    z_cond: Tensor,
+    cond_mask: Tensor,
+    prefix: Tensor,
+    vocab: Vocab,
+    steps: int = 12,
+    schedule: str = "cosine",
+    choice_temperature: float = 4.5,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    guidance_scale: float = 0.0,
+    generator: torch.Generator | None = None,
+    mode: Mode = "commit",
+    uncond_prefix: Tensor | None = None,
+) -> Tensor:
+    """COMMIT decoding; returns video tokens ``(B, N)`` in ``[0, codebook_size)``.
+
+    Args:
+        model_fn: maps token ids ``(B', P + N)`` to logits ``(B', P + N, V)`` with ``V ≥ codebook``
+            (a :class:`BidirectionalTransformer` in eval mode works as is).
+        z_cond: condition tokens ``z̃`` ``(B, N)`` (any ``(B, ...)`` shape; ignored outside the mask).
+        cond_mask: ``(B, N)`` bool, True where a position belongs to the condition.
+        prefix: ``(B, P)`` prefix ids, ``[task][class or UNCOND]`` (see ``commit.build_prefix``).
+        vocab: the vocabulary.
+        steps: number of decoding steps K (model calls).
+        schedule: mask schedule name (``commit.mask_ratio_schedule``).
+        choice_temperature: Gumbel noise scale on the confidence, annealed to 0.
+        temperature: sampling temperature (0 = greedy).
+        top_k: sample among the top-k codes only.
+        guidance_scale: classifier-free guidance scale; 0 disables it.
+        generator: torch generator; the same seed gives the same output.
+        mode: ``commit``, or ``naive`` for a model trained with ``commit.corrupt(mode='naive')``:
+            the condition positions are given ``z̃`` and never re-predicted.
+        uncond_prefix: prefix of the unconditional pass for guidance; default ``prefix`` with its
+            class token replaced by UNCOND.
+    """
+    if steps < 1:
+        raise UserError(f"decoding steps must be >= 1, got {steps}")
+    B = prefix.shape[0]
+    z_cond = z_cond.reshape(B, -1).long()
+    cond = cond_mask.reshape(B, -1).bool()
+    N, K, device = z_cond.shape[1], vocab.codebook_size, z_cond.device
+    masks = torch.full_like(z_cond, vocab.mask)
+    if mode == "commit":
+        unknown = torch.ones_like(cond)
+        refill = torch.where(cond, z_cond, masks)  # what a re-masked position shows
+    elif mode == "naive":
+        unknown = ~cond
+        refill = masks
+    else:
+        raise UserError(f"conditioning mode {mode!r} is not known; choose commit or naive")
+    tokens = torch.where(unknown, refill, z_cond)  # (B, N)
+    num_maskable = unknown.sum(1)  # (B,)
+    guided = guidance_scale != 0.0
+    if guided and uncond_prefix is None:
+        uncond_prefix = prefix.clone()
+        uncond_prefix[:, 1] = vocab.uncond
+
+    sampled = tokens
+    for step in range(steps):
+        seq = torch.cat([prefix, tokens], dim=1)  # (B, P + N)
+        if guided:
+            useq = torch.cat([uncond_prefix, torch.where(unknown, masks, tokens)], dim=1)
+            both = model_fn(torch.cat([seq, useq], dim=0))[:, -N:, :K].float()  # (2B, N, K)
+            c, u = both.chunk(2, dim=0)
+            logits = c + guidance_scale * (c - u)
+        else:
+            logits = model_fn(seq)[:, -N:, :K].float()  # (B, N, K)
+        sampled = torch.where(unknown, sample_logits(logits, temperature, top_k, generator), tokens)
+        logp = logits.gather(-1, sampled[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)  # (B, N)
+        progress = (step + 1) / steps
+        conf = torch.where(unknown, logp, torch.full_like(logp, float("inf")))
+        conf = conf + choice_temperature * (1.0 - progress) * gumbel(conf.shape, generator, device)
+        ratio = float(mask_ratio_schedule(progress, schedule, total=N))
+        num = torch.floor(num_maskable.double() * ratio).long().clamp(min=1)
+        num = torch.minimum(num, unknown.sum(1) - 1).clamp(min=0)  # (B,)
+        rank = conf.argsort(dim=1, stable=True).argsort(dim=1)  # (B, N), 0 = least confident
+        remask = rank < num[:, None]
+        tokens = torch.where(remask, refill, sampled)
+        unknown = remask
+    return sampled
+
+
+@torch.no_grad()
+def decode_autoregressive(
+    model: torch.nn.Module,
+    prefix: Tensor,
+    N: int,
+    kv_cache: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Raster-order decoding of N tokens after ``prefix`` with a causal transformer (baseline).
+
+    ``model`` is a :class:`~magvit_pl.models.transformer.BidirectionalTransformer` run with
+    ``causal=True`` (put it in eval mode first). The logits at the last position predict the next
+    token. With ``kv_cache`` each step feeds one new token and reuses the stored keys/values;
+    without it each step re-runs the whole prefix (same outputs, O(N²) work). N model calls either way.
+
+    Args:
+        model: the transformer.
+        prefix: ``(B, P)`` prefix ids.
+        N: number of tokens to generate.
+        kv_cache: reuse keys/values between steps.
+        temperature: sampling temperature (0 = greedy).
+        top_k: sample among the top-k codes only.
+        generator: torch generator.
+    """
+    B, P = prefix.shape
+    out = torch.empty((B, N), dtype=torch.long, device=prefix.device)
+    if kv_cache:
+        cache = model.new_kv_cache(B, P + N)
+        logits = model(prefix, kv_cache=cache)  # (B, P, K)
+        for i in range(N):
+            out[:, i] = sample_logits(logits[:, -1].float(), temperature, top_k, generator)
+            if i + 1 < N:
+                logits = model(out[:, i : i + 1], kv_cache=cache)  # (B, 1, K)
+        return out
+    seq = prefix
+    for i in range(N):
+        logits = model(seq, causal=True)[:, -1].float()  # (B, K)
+        out[:, i] = sample_logits(logits, temperature, top_k, generator)
+        seq = torch.cat([prefix, out[:, : i + 1]], dim=1)
+    return out
