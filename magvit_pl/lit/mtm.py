@@ -110,6 +110,7 @@ class MTMModule(LightningModule):
         self.hparams["tasks"] = list(self.task_names)  # explicit, so a new plugin never shifts the vocabulary
         self.vocab = commit.Vocab(codebook_size=1, num_classes=num_classes, task_names=tuple(self.task_names))
         self.tokenizer: torch.nn.Module | None = None
+        self._tokenizer_config: dict | None = None
         self.transformer: BidirectionalTransformer | None = None
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self._tasks: dict[str, Task] = {}
@@ -129,7 +130,12 @@ class MTMModule(LightningModule):
         if self.transformer is not None:
             return
         hp = self.hparams
-        tok = load_tokenizer(hp.tokenizer_ckpt)
+        if self._tokenizer_config is not None:  # rebuilt from an MTM checkpoint: weights come with its state dict
+            from magvit_pl.models.config import build_from_config
+
+            tok = build_from_config(self._tokenizer_config).eval().requires_grad_(False)
+        else:
+            tok = load_tokenizer(hp.tokenizer_ckpt)
         self.tokenizer = tok
         self.grid = tok.token_grid(hp.num_frames, hp.resolution, hp.resolution)
         self.vocab = commit.Vocab(codebook_size=tok.codebook_size, num_classes=hp.num_classes, task_names=tuple(self.task_names))
@@ -181,7 +187,7 @@ class MTMModule(LightningModule):
         z_cond = self.tokenizer.encode(cond.video).reshape(b, -1) if cond.pixel_mask.any() else torch.zeros_like(z)
         labels = batch.get("label") if task.uses_class else None
         prefix = commit.build_prefix(self.vocab, task.name, b, labels=labels, device=video.device)
-        return {"z": z, "z_cond": z_cond, "cond_mask": cond_mask, "prefix": prefix, "condition": cond.video}
+        return {"z": z, "z_cond": z_cond, "cond_mask": cond_mask, "prefix": prefix, "condition": cond.video, "cond": cond}
 
     def _loss(self, t: dict[str, torch.Tensor], task: Task, generator: torch.Generator | None, r: float | None = None):
         hp = self.hparams
@@ -257,7 +263,81 @@ class MTMModule(LightningModule):
         )
         self.transformer.train(was_training)
         video = self.tokenizer.decode(tokens.reshape(-1, *self.grid)).clamp(-1, 1)
-        return {"condition": t["condition"], "generated": video, "tokens": tokens, "z_cond": t["z_cond"], "cond_mask": t["cond_mask"]}
+        return {"condition": t["condition"], "generated": video, "tokens": tokens, "z_cond": t["z_cond"],
+                "cond_mask": t["cond_mask"], "cond": t["cond"]}
+
+    # ------------------------------------------------------------------------------------------ test
+    def eval_task_names(self) -> list[str]:
+        """Tasks ``test`` evaluates: ``eval_task`` (a task or a family) among the trained ones, else all trained."""
+        name = self.hparams.eval_task
+        if not name:
+            return list(self.task_names)
+        from magvit_pl.tasks import resolve_tasks
+
+        wanted = [t.name for t in resolve_tasks(name)]
+        missing = [n for n in wanted if n not in self.task_names]
+        if missing:
+            raise UserError(f"--task {name}: this model was not trained on {', '.join(missing)}; it knows: {', '.join(self.task_names)}")
+        return wanted
+
+    def on_test_epoch_start(self) -> None:
+        from torch.nn import ModuleDict
+        from torchmetrics import MetricCollection
+
+        names = self.eval_task_names()
+        fvd_ok = self.hparams.num_frames >= 9
+        if not fvd_ok:
+            log.warning("FVD skipped: clips have %d frames and the I3D protocol needs at least 9", self.hparams.num_frames)
+        self._test_metrics = ModuleDict({n: MetricCollection(self.task(n).metrics(include_fvd=fvd_ok), compute_groups=False) for n in names}).to(self.device)
+        self._test_agree: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        for name, metrics in self._test_metrics.items():
+            out = self.generate(batch, name, seed=self.hparams.seed + batch_idx)
+            self.task(name).update_metrics(dict(metrics.items()), out["generated"], batch["video"], out["cond"])
+            cm = out["cond_mask"]
+            if cm.any():  # share of condition tokens that decoding left equal to z̃ (COMMIT keeps the condition)
+                self._test_agree[name].append(((out["tokens"] == out["z_cond"]) & cm).sum() / cm.sum())
+            if batch_idx == 0 and self.trainer.is_global_zero:
+                from magvit_pl.media import save_video_grid
+
+                n = self.hparams.num_media_clips
+                stem = media_dir(self.trainer) / f"test_{name}"
+                save_video_grid(stem, [out["condition"][:n], out["generated"][:n], batch["video"][:n]], fps=self.hparams.media_fps)
+
+    def on_test_epoch_end(self) -> None:
+        results: dict[str, dict[str, float]] = {}
+        for name, metrics in self._test_metrics.items():
+            values = {k: float(v) for k, v in metrics.compute().items()}
+            if self._test_agree[name]:
+                values["cond_token_agreement"] = float(torch.stack(self._test_agree[name]).mean())
+            results[name] = values
+            for k, v in values.items():
+                self.log(f"test/{name}/{k}", v, sync_dist=False)
+        if self.trainer.is_global_zero:
+            from magvit_pl.lit.report import write_results
+
+            write_results(results, self.hparams.eval_task or "all", media_dir(self.trainer).parent, protocol={
+                "sample_steps": self.hparams.sample_steps, "seed": self.hparams.seed, "num_frames": self.hparams.num_frames,
+                "resolution": self.hparams.resolution, "tokenizer_ckpt": self.hparams.tokenizer_ckpt,
+            })
+        self._test_metrics = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "MTMModule":
+        """Rebuild a trained MTM (with its frozen tokenizer) from its checkpoint alone, in eval mode."""
+        from magvit_pl.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        meta = ckpt.get("magvit", {})
+        if meta.get("kind") != "mtm":
+            raise UserError(f"{path} is not a magvit-pl MTM checkpoint (kind={meta.get('kind')!r}); train one with: python cli.py fit --config configs/mtm.yaml")
+        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+        model = cls(**hparams)
+        model._tokenizer_config = meta["tokenizer_config"]
+        model.configure_model()
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval().to(map_location)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,95 @@
+"""``python cli.py generate``: one condition clip (or a class label) in, one generated video out."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from magvit_pl.errors import MissingFileError, UserError
+
+log = logging.getLogger(__name__)
+
+
+def latest_mtm_checkpoint(runs_root: str = "runs") -> Path:
+    """``RUNS_ROOT/mtm/latest/checkpoints/last.ckpt``, or a one-line error saying what to run first."""
+    path = Path(runs_root) / "mtm" / "latest" / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise MissingFileError(f"no MTM checkpoint at {path}; train one first: python cli.py fit --config configs/mtm.yaml (or pass --ckpt_path)")
+    return path
+
+
+def load_clip(path: str, num_frames: int, resolution: int) -> torch.Tensor:
+    """The first ``num_frames`` frames of any PyAV-readable file, resized and centre-cropped: (1, 3, T, R, R) in [-1, 1]."""
+    from magvit_pl.data.video import center_crop, read_video, resize_short_side
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"--input {path}: file not found")
+    frames = read_video(path, max_frames=num_frames, short_side=resolution)
+    if frames.shape[0] < num_frames:
+        raise UserError(f"--input {path}: has {frames.shape[0]} frames, the model needs {num_frames}")
+    frames = center_crop(resize_short_side(frames, resolution), resolution)
+    video = torch.from_numpy(frames.copy()).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # (3,T,H,W)
+    return video.unsqueeze(0)
+
+
+def generate(
+    task: str,
+    input: str | None = None,
+    output: str = "generated.mp4",
+    ckpt_path: str | None = None,
+    class_id: int | None = None,
+    steps: int = 12,
+    seed: int = 0,
+    grid: bool = False,
+    runs_root: str = "runs",
+) -> Path:
+    """Generate a video with a trained MTM: the task's condition is taken from ``--input``.
+
+    Args:
+        task: Task name (``python cli.py tasks`` lists them; the model must have been trained on it).
+        input: Condition clip, any PyAV-readable file; resized/cropped to the model's size. Not needed
+            by class_generation.
+        output: Where to write the result: ``.mp4`` or ``.gif``.
+        ckpt_path: MTM checkpoint; default: the latest run's ``last.ckpt`` under ``runs_root``.
+        class_id: Class label for class-conditional tasks (0 ≤ class_id < the model's num_classes).
+        steps: Decoding steps (12 in the paper).
+        seed: Sampling seed; the same seed gives the same video.
+        grid: Also write ``OUTPUT_grid.mp4``: condition | generated | input side by side.
+        runs_root: Where training runs live (for the default checkpoint).
+    """
+    from magvit_pl.data.video import write_video
+    from magvit_pl.lit.mtm import MTMModule
+    from magvit_pl.media import save_video_grid, to_uint8
+
+    out_path = Path(output)
+    if out_path.suffix.lower() not in (".mp4", ".gif"):
+        raise UserError(f"--output {output}: must end in .mp4 or .gif")
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    model = MTMModule.from_checkpoint(str(ckpt_path or latest_mtm_checkpoint(runs_root)))
+    if task not in model.task_names:
+        raise UserError(f"--task {task}: this model knows {', '.join(model.task_names)}")
+    hp = model.hparams
+    spec = model.task(task)
+    if spec.uses_class:
+        if class_id is None:
+            raise UserError(f"--task {task} is class-conditional: pass --class_id (0..{hp.num_classes - 1})")
+        if not 0 <= class_id < hp.num_classes:
+            raise UserError(f"--class_id {class_id}: must be in 0..{hp.num_classes - 1}")
+    shape = (1, 3, hp.num_frames, hp.resolution, hp.resolution)
+    if input is not None:
+        video = load_clip(input, hp.num_frames, hp.resolution)
+    elif spec.family == "generation":
+        video = torch.zeros(shape)
+    else:
+        raise UserError(f"--task {task} needs a condition clip: pass --input FILE")
+    batch = {"video": video, "label": torch.tensor([class_id or 0])}
+    out = model.generate(batch, task, seed=seed, steps=steps)
+    write_video(out_path, to_uint8(out["generated"])[0], fps=hp.media_fps)
+    written = [out_path]
+    if grid:
+        written += save_video_grid(out_path.with_name(out_path.stem + "_grid"), [out["condition"], out["generated"], video], fps=hp.media_fps, formats=(out_path.suffix[1:],))
+    for path in written:
+        print(f"wrote {path}")
+    return out_path

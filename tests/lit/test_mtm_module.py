@@ -1,0 +1,96 @@
+"""MTMModule: COMMIT training on a tiny tokenizer through the CLI, then `test --task` and `generate`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from magvit_pl.checkpoint import load_checkpoint
+from magvit_pl.cli import main
+from magvit_pl.errors import UserError
+from magvit_pl.lit.mtm import MTMModule
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
+            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def mtm_run(tokenizer_run, data_args, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("mtm_runs")
+    main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs),
+          "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
+          "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+          "--trainer.enable_progress_bar", "false", *TINY_MTM, *data_args])
+    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
+    return runs
+
+
+def test_checkpoint_records_task_table_and_is_self_contained(mtm_run):
+    ckpt = load_checkpoint(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")
+    meta = ckpt["magvit"]
+    table = meta["task_table"]
+    assert len(table) == 10 and len(set(table.values())) == 10  # every task its own token
+    vocab = meta["vocab"]
+    assert vocab["codebook_size"] == 64 and vocab["num_classes"] == 8
+    # task tokens follow codes, classes, UNCOND and MASK
+    assert min(table.values()) == 64 + 8 + 2
+    assert ckpt["hyper_parameters"]["tasks"] == vocab["task_names"]
+    assert any(k.startswith("tokenizer.") for k in ckpt["state_dict"])
+    assert meta["token_grid"] == [2, 8, 8]
+    media = [p.name for p in (mtm_run / "mtm" / "latest" / "media").iterdir()]
+    assert any(n.startswith("samples_outpainting_central") and n.endswith(".mp4") for n in media)
+
+
+def test_test_task_family_prints_table_and_writes_results(mtm_run, capsys):
+    main(["test", "--task", "outpainting", "--runs_root", str(mtm_run), "--trainer.limit_test_batches", "1",
+          "--trainer.enable_progress_bar", "false"])
+    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
+    out = capsys.readouterr().out
+    assert "outpainting_central" in out and "mean" in out
+    results_files = sorted((mtm_run / "mtm").glob("*-test/results.json"))
+    assert results_files
+    res = json.loads(results_files[-1].read_text())
+    assert set(res["results"]) == {"outpainting_central", "outpainting_dynamic", "outpainting_horizontal", "outpainting_vertical"}
+    for values in res["results"].values():
+        assert 0.0 < values["psnr_given"] < 200.0
+        assert 0.0 <= values["cond_token_agreement"] <= 1.0
+    assert res["protocol"]["sample_steps"] == 4
+
+
+def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
+    from magvit_pl.data.video import read_video, write_video
+    from magvit_pl.generate import generate
+
+    ckpt = str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")
+    clip = tmp_path / "in.mp4"
+    frames = (torch.rand(10, 40, 48, 3) * 255).to(torch.uint8).numpy()
+    write_video(clip, frames, fps=8)
+    a = generate("frame_prediction", input=str(clip), output=str(tmp_path / "a.mp4"), ckpt_path=ckpt, seed=3, steps=4)
+    b = generate("frame_prediction", input=str(clip), output=str(tmp_path / "b.mp4"), ckpt_path=ckpt, seed=3, steps=4)
+    va, vb = read_video(a), read_video(b)
+    assert va.shape == (8, 32, 32, 3)
+    assert (va == vb).all()
+    gif = generate("class_generation", class_id=2, output=str(tmp_path / "c.gif"), ckpt_path=ckpt, steps=4)
+    assert read_video(gif).shape[0] == 8
+    with pytest.raises(UserError, match="--class_id"):
+        generate("class_generation", output=str(tmp_path / "d.mp4"), ckpt_path=ckpt)
+    with pytest.raises(UserError, match="needs 8"):
+        short = tmp_path / "short.mp4"
+        write_video(short, frames[:3], fps=8)
+        generate("frame_prediction", input=str(short), output=str(tmp_path / "e.mp4"), ckpt_path=ckpt)
+
+
+def test_mismatched_tokenizer_is_named(mtm_run):
+    model = MTMModule.from_checkpoint(str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"))
+    ckpt = load_checkpoint(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")
+    ckpt["magvit"]["vocab"]["codebook_size"] = 1024
+    with pytest.raises(UserError, match="codebook size 64 .* 1024"):
+        model.on_load_checkpoint(ckpt)
+    ckpt["magvit"]["vocab"]["codebook_size"] = 64
+    ckpt["magvit"]["token_grid"] = [4, 16, 16]
+    with pytest.raises(UserError, match=r"\(2, 8, 8\).*\(4, 16, 16\)"):
+        model.on_load_checkpoint(ckpt)

@@ -1,0 +1,79 @@
+"""TokenizerModule: a shrunk real config trained through the CLI; checkpoint → tokenizer without Lightning."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
+from magvit_pl.errors import NonFiniteLossError, UserError
+from magvit_pl.lit.common import NonFiniteGuard, update_ema
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_media(tokenizer_run):
+    assert (tokenizer_run / "config.yaml").is_file()
+    assert (tokenizer_run / "checkpoints" / "last.ckpt").is_file()
+    media = sorted(p.name for p in (tokenizer_run / "media").iterdir())
+    assert any(n.startswith("reconstruction_") and n.endswith(".mp4") for n in media)
+    assert any(n.startswith("reconstruction_") and n.endswith(".gif") for n in media)
+    rows = list(csv.DictReader(open(tokenizer_run / "metrics.csv")))
+    psnr = [float(r["val/psnr"]) for r in rows if r.get("val/psnr")]
+    assert psnr and all(5.0 < p < 60.0 for p in psnr)
+    losses = [float(r["train/recon"]) for r in rows if r.get("train/recon")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    # the discriminator switched on (disc_start_step 1) and R1 / LeCam were computed
+    assert any(r.get("train/d_gan") for r in rows)
+
+
+def test_reloaded_checkpoint_reproduces_encode_bit_for_bit(tokenizer_run):
+    ckpt = tokenizer_run / "checkpoints" / "last.ckpt"
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 8, 32, 32) * 2 - 1
+    a, b = load_tokenizer(ckpt), load_tokenizer(ckpt)
+    tokens = a.encode(video)
+    assert tokens.shape == (2, 2, 8, 8) and tokens.dtype == torch.long
+    assert torch.equal(tokens, b.encode(video))
+    recon = a.decode(tokens)
+    assert recon.shape == video.shape
+    assert torch.equal(recon, b.decode(tokens))
+    assert not any(p.requires_grad for p in a.parameters())
+
+
+def test_ema_weights_are_the_tokenizer_and_differ_from_raw(tokenizer_run):
+    ckpt = load_checkpoint(tokenizer_run / "checkpoints" / "last.ckpt")
+    assert ckpt["magvit"]["kind"] == "tokenizer"
+    sd = ckpt["state_dict"]
+    raw = {k[len("tokenizer."):]: v for k, v in sd.items() if k.startswith("tokenizer.")}
+    ema = {k[len("ema_tokenizer."):]: v for k, v in sd.items() if k.startswith("ema_tokenizer.")}
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+    assert not any(k.startswith("perceptual.net") for k in sd)  # frozen perceptual nets are not saved
+
+
+def test_truncated_checkpoint_is_a_clear_error(tokenizer_run, tmp_path):
+    data = (tokenizer_run / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_tokenizer(bad)
+
+
+def test_update_ema_matches_formula():
+    ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = ema.weight.detach().clone()
+    update_ema(ema, model, decay=0.9)
+    assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
+
+
+def test_nonfinite_guard_skips_then_stops_naming_step_and_term():
+    guard = NonFiniteGuard(max_consecutive=3)
+    ok = {"recon": torch.tensor(1.0)}
+    bad = {"recon": torch.tensor(1.0), "gan": torch.tensor(float("nan"))}
+    assert guard.check(0, ok)
+    assert not guard.check(1, bad) and not guard.check(2, bad)
+    assert guard.check(3, ok) and guard.consecutive == 0  # a good step resets the run of bad ones
+    assert not guard.check(4, bad) and not guard.check(5, bad)
+    with pytest.raises(NonFiniteLossError, match=r"gan.*step 6"):
+        guard.check(6, bad)
+    assert guard.total == 5
