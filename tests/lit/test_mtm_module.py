@@ -40,7 +40,7 @@ def test_checkpoint_records_task_table_and_is_self_contained(mtm_run):
     assert min(table.values()) == 64 + 8 + 2
     assert ckpt["hyper_parameters"]["tasks"] == vocab["task_names"]
     assert any(k.startswith("tokenizer.") for k in ckpt["state_dict"])
-    assert meta["token_grid"] == [2, 8, 8]
+    assert meta["token_grid"] == [4, 8, 8]
     media = [p.name for p in (mtm_run / "mtm" / "latest" / "media").iterdir()]
     assert any(n.startswith("samples_outpainting_central") and n.endswith(".mp4") for n in media)
 
@@ -92,5 +92,5 @@ def test_mismatched_tokenizer_is_named(mtm_run):
         model.on_load_checkpoint(ckpt)
     ckpt["magvit"]["vocab"]["codebook_size"] = 64
     ckpt["magvit"]["token_grid"] = [4, 16, 16]
-    with pytest.raises(UserError, match=r"\(2, 8, 8\).*\(4, 16, 16\)"):
+    with pytest.raises(UserError, match=r"\(4, 8, 8\).*\(4, 16, 16\)"):
         model.on_load_checkpoint(ckpt)

@@ -32,7 +32,7 @@ def test_reloaded_checkpoint_reproduces_encode_bit_for_bit(tokenizer_run):
     video = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     a, b = load_tokenizer(ckpt), load_tokenizer(ckpt)
     tokens = a.encode(video)
-    assert tokens.shape == (2, 2, 8, 8) and tokens.dtype == torch.long
+    assert tokens.shape == (2, 4, 8, 8) and tokens.dtype == torch.long
     assert torch.equal(tokens, b.encode(video))
     recon = a.decode(tokens)
     assert recon.shape == video.shape
