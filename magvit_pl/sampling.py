@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from magvit_pl.commit import Mode, Vocab, mask_ratio_schedule

@@ -11,10 +11,9 @@ import math
 
 import torch
 import torch.nn as nn
-
-from magvit_pl.models.config import ConfigMixin
 import torch.nn.functional as F
 
+from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.blocks import avg_pool_down
 
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
-from magvit_pl.models.config import ConfigMixin
 import torch.nn.functional as F
 
+from magvit_pl.models.config import ConfigMixin
 from magvit_pl.errors import UserError
 from magvit_pl.models.blocks import (
     PADDING_MODES,

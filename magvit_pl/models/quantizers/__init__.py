@@ -9,6 +9,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -73,10 +74,54 @@ def annealed_weight(weight: float, ratio: float, anneal_steps: int, step: torch.
     return weight * (1.0 + ratio * torch.clamp(1.0 - step / anneal_steps, min=0.0))
 
 
+class Quantizer(nn.Module):
+    """What VQ and LFQ share: the fp32 ``forward`` wrapper, the annealed entropy weight, the step count
+    and the output (straight-through codes, histogram metrics). Subclasses implement ``_forward``."""
+
+    num_steps: torch.Tensor
+    entropy_weight: float
+    entropy_anneal_ratio: float
+    entropy_anneal_steps: int
+
+    def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
+        """Quantize ``z`` (B, D, t, h, w). ``step`` sets the entropy-annealing step (default: the count of
+        training forwards so far). Runs in fp32 (autocast off); the codes come out fp32."""
+        with fp32_region(z.device):
+            return self._forward(z.float(), step)
+
+    def _forward(self, z: torch.Tensor, step: int | None) -> QuantizerOutput:
+        raise NotImplementedError
+
+    def entropy_term(self, step: int | None, penalty) -> torch.Tensor:
+        """The annealed entropy weight times ``penalty()`` (not evaluated when the weight is 0)."""
+        if self.entropy_weight == 0:
+            return torch.zeros((), dtype=torch.float32, device=self.num_steps.device)
+        step = self.num_steps if step is None else step
+        w = annealed_weight(self.entropy_weight, self.entropy_anneal_ratio, self.entropy_anneal_steps, step)
+        return w * penalty()
+
+    def finish(self, flat: torch.Tensor, q: torch.Tensor, indices: torch.Tensor, shape: tuple[int, ...],
+               terms: dict[str, torch.Tensor]) -> tuple[QuantizerOutput, torch.Tensor]:
+        """Assemble the output from latents ``flat`` (N, D), codes ``q`` (N, D), ids (N,) and loss terms.
+
+        Returns the output and the code counts (K,) of the batch; advances the step count in training.
+        """
+        B, T, H, W, D = shape
+        counts, usage, perplexity = code_histogram_stats(indices, self.codebook_size)
+        if self.training:
+            self.num_steps += 1
+        q = flat + (q - flat).detach()  # straight-through
+        quantized = q.view(B, T, H, W, D).permute(0, 4, 1, 2, 3)  # (B, D, t, h, w)
+        metrics = {"usage": usage, "perplexity": perplexity, **{k: v.detach() for k, v in terms.items()}}
+        out = QuantizerOutput(quantized, indices.view(B, T, H, W), sum(terms.values()), metrics)
+        return out, counts
+
+
 from magvit_pl.models.quantizers.lfq import LookupFreeQuantizer  # noqa: E402
 from magvit_pl.models.quantizers.vq import VectorQuantizer  # noqa: E402
 
 __all__ = [
+    "Quantizer",
     "QuantizerOutput",
     "VectorQuantizer",
     "LookupFreeQuantizer",

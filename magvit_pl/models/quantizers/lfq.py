@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-from magvit_pl.models.config import ConfigMixin
 import torch.nn.functional as F
 
-from magvit_pl.models.quantizers import (
-    QuantizerOutput,
-    annealed_weight,
-    code_histogram_stats,
-    entropy_loss,
-    fp32_region,
-)
+from magvit_pl.models.config import ConfigMixin
+from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
 
 
-class LookupFreeQuantizer(ConfigMixin, nn.Module):
+class LookupFreeQuantizer(ConfigMixin, Quantizer):
     """Sign quantizer with an implicit 2^dim codebook.
 
     Args:
@@ -93,12 +86,6 @@ class LookupFreeQuantizer(ConfigMixin, nn.Module):
         """Token ids (B, t, h, w) → codes (B, D, t, h, w)."""
         return self.indices_to_codes(indices).permute(0, 4, 1, 2, 3)
 
-    def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
-        """Quantize ``z`` (B, D, t, h, w). ``step`` sets the entropy-annealing step (default: the count of
-        training forwards so far). Runs in fp32 (autocast off); the codes come out fp32."""
-        with fp32_region(z.device):
-            return self._forward(z.float(), step)
-
     def _forward(self, z: torch.Tensor, step: int | None) -> QuantizerOutput:
         B, D, T, H, W = z.shape
         assert D == self.dim, f"latent has {D} channels but LFQ has dim {self.dim}; set embedding_dim={self.dim}"
@@ -106,28 +93,11 @@ class LookupFreeQuantizer(ConfigMixin, nn.Module):
         flat = z.permute(0, 2, 3, 4, 1).reshape(-1, D)  # (N, D)
         q = torch.where(flat > 0, self.code_scale, -self.code_scale)  # (N, D)
         indices = self.codes_to_indices(flat)  # (N,)
-
-        commitment = self.commitment_weight * F.mse_loss(flat, q.detach())
-        step = self.num_steps if step is None else step
-        w_ent = annealed_weight(self.entropy_weight, self.entropy_anneal_ratio, self.entropy_anneal_steps, step)
-        if self.entropy_weight != 0:
-            entropy = w_ent * self.grouped_entropy(flat)
-        else:
-            entropy = flat.new_zeros((), dtype=torch.float32)
-        loss = commitment + entropy
-
-        _, usage, perplexity = code_histogram_stats(indices, self.codebook_size)
-        if self.training:
-            self.num_steps += 1
-        q = flat + (q - flat).detach()  # straight-through
-        quantized = q.view(B, T, H, W, D).permute(0, 4, 1, 2, 3)  # (B, D, t, h, w)
-        metrics = {
-            "usage": usage,
-            "perplexity": perplexity,
-            "commitment": commitment.detach(),
-            "entropy": entropy.detach(),
+        terms = {
+            "commitment": self.commitment_weight * F.mse_loss(flat, q.detach()),
+            "entropy": self.entropy_term(step, lambda: self.grouped_entropy(flat)),
         }
-        return QuantizerOutput(quantized, indices.view(B, T, H, W), loss, metrics)
+        return self.finish(flat, q, indices, (B, T, H, W, D), terms)[0]
 
     def grouped_entropy(self, flat: torch.Tensor) -> torch.Tensor:
         """Entropy penalty of ``flat`` (N, D), summed over the bit groups."""

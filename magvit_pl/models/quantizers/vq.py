@@ -14,20 +14,13 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
-from magvit_pl.models.config import ConfigMixin
 import torch.nn.functional as F
 
-from magvit_pl.models.quantizers import (
-    QuantizerOutput,
-    annealed_weight,
-    code_histogram_stats,
-    entropy_loss,
-    fp32_region,
-)
+from magvit_pl.models.config import ConfigMixin
+from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
 
 
-class VectorQuantizer(ConfigMixin, nn.Module):
+class VectorQuantizer(ConfigMixin, Quantizer):
     """Nearest-neighbour vector quantizer with a learned codebook.
 
     Args:
@@ -85,12 +78,6 @@ class VectorQuantizer(ConfigMixin, nn.Module):
         """Token ids (B, t, h, w) → codes (B, D, t, h, w)."""
         return F.embedding(indices, self.codebook).permute(0, 4, 1, 2, 3)
 
-    def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
-        """Quantize ``z`` (B, D, t, h, w). ``step`` sets the entropy-annealing step (default: the count of
-        training forwards so far). Runs in fp32 (autocast off); the codes come out fp32."""
-        with fp32_region(z.device):
-            return self._forward(z.float(), step)
-
     def _forward(self, z: torch.Tensor, step: int | None) -> QuantizerOutput:
         B, D, T, H, W = z.shape
         assert D == self.embedding_dim, f"latent has {D} channels but the codebook has dim {self.embedding_dim}"
@@ -100,35 +87,16 @@ class VectorQuantizer(ConfigMixin, nn.Module):
         dists = self.squared_distances(flat)  # (N, K)
         indices = dists.argmin(dim=1)  # (N,)
         q = F.embedding(indices, self.codebook.float())  # (N, D)
-
-        commitment = self.commitment_weight * F.mse_loss(flat, q.detach())
-        codebook = self.codebook_weight * F.mse_loss(q, flat.detach())
-        step = self.num_steps if step is None else step
-        w_ent = annealed_weight(self.entropy_weight, self.entropy_anneal_ratio, self.entropy_anneal_steps, step)
-        if self.entropy_weight != 0:
-            entropy = w_ent * entropy_loss(-dists / self.entropy_temperature)
-        else:
-            entropy = flat.new_zeros((), dtype=torch.float32)
-        loss = commitment + codebook + entropy
-
-        counts, usage, perplexity = code_histogram_stats(indices, self.num_codes)
-        if self.training:
-            self.num_steps += 1
-            if self.dead_code_restart:
-                self._age_codes(counts)
-
-        q = flat + (q - flat).detach()  # straight-through
-        quantized = q.view(B, T, H, W, D).permute(0, 4, 1, 2, 3)  # (B, D, t, h, w)
-        metrics = {
-            "usage": usage,
-            "perplexity": perplexity,
-            "commitment": commitment.detach(),
-            "codebook": codebook.detach(),
-            "entropy": entropy.detach(),
+        terms = {
+            "commitment": self.commitment_weight * F.mse_loss(flat, q.detach()),
+            "codebook": self.codebook_weight * F.mse_loss(q, flat.detach()),
+            "entropy": self.entropy_term(step, lambda: entropy_loss(-dists / self.entropy_temperature)),
         }
+        out, counts = self.finish(flat, q, indices, (B, T, H, W, D), terms)
         if self.training and self.dead_code_restart:
-            metrics["restarted"] = restarted
-        return QuantizerOutput(quantized, indices.view(B, T, H, W), loss, metrics)
+            self._age_codes(counts)
+            out.metrics["restarted"] = restarted
+        return out
 
     def squared_distances(self, flat: torch.Tensor) -> torch.Tensor:
         """‖z − c‖² for every latent row of ``flat`` (N, D) and code c: (N, K), computed in fp32."""
