@@ -46,7 +46,7 @@ def tokenizer_run(data_args, tmp_path_factory) -> Path:
 
     runs = tmp_path_factory.mktemp("runs")
     main(["fit", "--config", str(REPO / "configs" / "tokenizer.yaml"), "--runs_root", str(runs),
-          "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+          "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
           "--trainer.enable_progress_bar", "false", *TINY_TOKENIZER, *data_args])
     os.environ.pop("MAGVIT_PL_RUN_DIR", None)
     return (runs / "tokenizer" / "latest").resolve()

@@ -1,0 +1,174 @@
+"""magvit_pl.hardware: one-line errors for impossible hardware choices, in-place fixes for the safe ones."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from jsonargparse import Namespace
+
+from magvit_pl import hardware
+from magvit_pl.errors import UserError
+from magvit_pl.hardware import check_trainer_config
+from magvit_pl.lit.tokenizer import TokenizerModule
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = "magvit_pl.lit.tokenizer.TokenizerModule"
+MTM = "magvit_pl.lit.mtm.MTMModule"
+
+
+def trainer_of(*configs: str) -> Namespace:
+    """The merged ``trainer:`` section of shipped YAMLs, as the Namespace LightningCLI would hand over."""
+    merged: dict = {}
+    for name in configs:
+        for key, value in yaml.safe_load((REPO / "configs" / name).read_text())["trainer"].items():
+            merged[key] = value
+    strategy = merged.get("strategy")
+    if isinstance(strategy, dict):
+        merged["strategy"] = Namespace(class_path=strategy["class_path"], init_args=Namespace(**strategy.get("init_args", {})))
+    return Namespace(**merged)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+
+
+@pytest.mark.parametrize("config", ["hardware/deepspeed_zero2.yaml", "hardware/deepspeed_zero3_offload.yaml"])
+def test_deepspeed_yaml_without_cuda_is_one_line_error_naming_cpu_configs(no_cuda, config):
+    cfg = trainer_of("mtm.yaml", config)
+    with pytest.raises(UserError) as err:
+        check_trainer_config(cfg, MTM)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "lightning.pytorch.strategies.DeepSpeedStrategy needs CUDA GPUs" in msg
+    assert "configs/hardware/cpu.yaml" in msg and "cpu_ddp.yaml" in msg
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+def test_deepspeed_string_on_cpu_accelerator_is_refused_even_with_cuda(cuda, strategy):
+    with pytest.raises(UserError, match=f"strategy {strategy} needs CUDA GPUs .* but accelerator is cpu"):
+        check_trainer_config({"accelerator": "cpu", "strategy": strategy, "precision": "32-true"}, MTM)
+
+
+def test_deepspeed_without_the_package_names_the_install_command(cuda, monkeypatch):
+    monkeypatch.setattr(hardware, "_deepspeed_installed", lambda: False)
+    with pytest.raises(UserError, match=r"deepspeed package, which is not installed: pip install -e '\.\[gpu\]'"):
+        check_trainer_config(trainer_of("mtm.yaml", "hardware/deepspeed_zero2.yaml"), MTM)
+
+
+def test_deepspeed_with_cuda_and_package_accepts_the_mtm_unchanged(cuda, monkeypatch):
+    monkeypatch.setattr(hardware, "_deepspeed_installed", lambda: True)
+    cfg = trainer_of("mtm.yaml", "hardware/deepspeed_zero3.yaml")
+    check_trainer_config(cfg, MTM)
+    assert cfg.precision == "bf16-mixed"
+    assert cfg.strategy.init_args.stage == 3
+
+
+@pytest.mark.parametrize("cuda_present", [True, False])
+def test_deepspeed_refuses_to_train_the_two_optimizer_tokenizer(monkeypatch, cuda_present):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_present)
+    monkeypatch.setattr(hardware, "_deepspeed_installed", lambda: True)
+    cfg = trainer_of("tokenizer.yaml", "hardware/deepspeed_zero2.yaml")
+    with pytest.raises(UserError) as err:
+        check_trainer_config(cfg, TOKENIZER)
+    msg = str(err.value)
+    assert "one optimizer" in msg and "two (generator + discriminator" in msg and "gpu_ddp.yaml" in msg
+
+
+def test_deepspeed_may_evaluate_the_tokenizer(cuda, monkeypatch):
+    """Evaluation builds no optimizer, so DeepSpeed's one-optimizer limit does not apply."""
+    monkeypatch.setattr(hardware, "_deepspeed_installed", lambda: True)
+    cfg = trainer_of("tokenizer.yaml", "hardware/deepspeed_zero2.yaml")
+    check_trainer_config(cfg, TOKENIZER, subcommand="validate")
+    assert cfg.strategy.init_args.stage == 2
+
+
+class SubTokenizer(TokenizerModule):
+    """A user's subclass: still two optimizers."""
+
+
+def test_a_tokenizer_subclass_is_recognised():
+    assert hardware._is_tokenizer(TOKENIZER) and not hardware._is_tokenizer(MTM)
+    assert hardware._is_tokenizer(f"{__name__}.SubTokenizer")
+    assert hardware._is_tokenizer("no.such.module.TokenizerModule")  # unimportable: judged by name
+    assert not hardware._is_tokenizer(None)
+
+
+def test_fsdp_without_cuda_is_refused(no_cuda):
+    with pytest.raises(UserError, match="FSDPStrategy needs CUDA GPUs .* no CUDA GPU is visible"):
+        check_trainer_config(trainer_of("mtm.yaml", "hardware/fsdp.yaml"), MTM)
+
+
+@pytest.mark.parametrize(
+    "accelerator, cuda_present, precision, expected",
+    [
+        ("cpu", False, "bf16-mixed", "32-true"),
+        ("cpu", True, "16-mixed", "32-true"),
+        ("cpu", False, 16, "32-true"),
+        ("cpu", False, "bf16-true", "32-true"),
+        ("auto", False, "bf16-mixed", "32-true"),
+        ("auto", True, "bf16-mixed", "bf16-mixed"),
+        ("gpu", True, "bf16-mixed", "bf16-mixed"),
+        ("cpu", False, "64-true", "64-true"),
+        ("cpu", False, "32-true", "32-true"),
+    ],
+)
+def test_half_precision_on_cpu_is_rewritten_to_fp32_with_a_warning(monkeypatch, caplog, accelerator, cuda_present, precision, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_present)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    cfg = Namespace(accelerator=accelerator, devices=1, strategy="auto", precision=precision)
+    with caplog.at_level(logging.WARNING, logger="magvit_pl.hardware"):
+        check_trainer_config(cfg, MTM)
+    assert cfg.precision == expected
+    warned = [r.getMessage() for r in caplog.records if r.name == "magvit_pl.hardware"]
+    if expected != precision:
+        assert warned == [f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.hardware)"]
+    else:
+        assert warned == []
+
+
+def test_the_precision_warning_is_said_once_per_node(no_cuda, monkeypatch, caplog):
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child
+    cfg = {"accelerator": "cpu", "precision": "bf16-mixed"}
+    with caplog.at_level(logging.WARNING, logger="magvit_pl.hardware"):
+        check_trainer_config(cfg, MTM)
+    assert cfg["precision"] == "32-true" and not caplog.records
+
+
+@pytest.mark.parametrize(
+    "strategy, devices, expected",
+    [
+        ("ddp", 2, "ddp_find_unused_parameters_true"),
+        ("ddp_spawn", 2, "ddp_spawn_find_unused_parameters_true"),
+        ("auto", 2, "ddp_find_unused_parameters_true"),
+        ("auto", "0,1", "ddp_find_unused_parameters_true"),
+        ("auto", 1, "auto"),
+        ("ddp_find_unused_parameters_true", 2, "ddp_find_unused_parameters_true"),
+        ("single_device", 1, "single_device"),
+    ],
+)
+def test_tokenizer_ddp_gets_find_unused_parameters(no_cuda, strategy, devices, expected):
+    cfg = Namespace(accelerator="cpu", devices=devices, strategy=strategy, precision="32-true")
+    check_trainer_config(cfg, TOKENIZER)
+    assert cfg.strategy == expected
+    mtm = Namespace(accelerator="cpu", devices=devices, strategy=strategy, precision="32-true")
+    check_trainer_config(mtm, MTM)
+    assert mtm.strategy == strategy  # the MTM has one backward per step: plain DDP (cheaper)
+
+
+def test_tokenizer_ddp_class_path_gets_find_unused_parameters(no_cuda):
+    cfg = Namespace(accelerator="cpu", devices=2, precision="32-true", strategy=Namespace(class_path="lightning.pytorch.strategies.DDPStrategy"))
+    check_trainer_config(cfg, TOKENIZER)
+    assert cfg.strategy.init_args.find_unused_parameters is True
+    multinode = trainer_of("tokenizer.yaml", "hardware/multinode_ddp.yaml")
+    assert hardware._process_count(multinode, "gpu") == 32
