@@ -150,7 +150,10 @@ def _make_cli_class():
                 raise UserError(_one_line(err)) from None
 
         def before_instantiate_classes(self) -> None:
+            from magvit_pl.hardware import check_trainer_config
+
             cfg = self.config[self.subcommand]
+            check_trainer_config(cfg.trainer, cfg.model.get("class_path") if cfg.get("model") else None, self.subcommand)
             kind = _run_kind(cfg.model.get("class_path") if cfg.get("model") else None)
             root = Path(cfg.runs_root) / kind
             run_dir = os.environ.get(RUN_DIR_ENV) or cfg.run_dir

@@ -3,7 +3,7 @@
 One call, :func:`check_trainer_config`, made by the CLI on the parsed trainer config of every Lightning
 command. It turns hardware mistakes that Lightning would report as a deep traceback (or, worse, as
 a hang or a run 500x slower than it should be) into one-line :class:`~magvit_pl.errors.UserError`\\ s,
-and rewrites two settings in place, each with a logged warning:
+and rewrites two settings in place, saying so in the log (a warning for the first, info for the second):
 
 * ``precision`` ``bf16*`` / ``16*`` on a CPU run becomes ``32-true``: CPUs without native bf16 emulate
   it (measured ~500x slower than fp32 on the 2-core CI machine). The rewritten value is what the run
@@ -132,19 +132,20 @@ def _find_unused_for_gan(trainer_cfg: Any, strategy_value: Any, strategy: str, a
             return
         new = f"{base}_find_unused_parameters_true"
         trainer_cfg["strategy"] = new
-        _warn(f"strategy={strategy}: using {new} for the tokenizer (its generator and discriminator backward passes each leave the other network's parameters unused)")
+        _say(logging.INFO, f"strategy={strategy}: using {new} for the tokenizer (each of its two backward passes per batch "
+                           "leaves the other network's parameters unused)")
     elif strategy.rsplit(".", 1)[-1] == "DDPStrategy":
         init_args = strategy_value.get("init_args")
         if init_args is None:
             strategy_value["init_args"] = init_args = type(strategy_value)()  # dict or Namespace, like its parent
         if not init_args.get("find_unused_parameters"):
             init_args["find_unused_parameters"] = True
-            _warn("DDPStrategy: setting find_unused_parameters=True for the tokenizer (its GAN step has two backward passes per batch)")
+            _say(logging.INFO, "DDPStrategy: setting find_unused_parameters=True for the tokenizer (two backward passes per batch)")
 
 
-def _warn(message: str) -> None:
+def _say(level: int, message: str) -> None:
     if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run the same check: say it once per node
-        log.warning(message)
+        log.log(level, message)
 
 
 def check_trainer_config(trainer_cfg: Any, model_class_path: str | None, subcommand: str = "fit") -> None:
@@ -174,7 +175,7 @@ def check_trainer_config(trainer_cfg: Any, model_class_path: str | None, subcomm
     precision = trainer_cfg.get("precision")
     if on_cpu and precision is not None and str(precision).startswith(LOW_PRECISION):
         trainer_cfg["precision"] = "32-true"
-        _warn(f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.hardware)")
+        _say(logging.WARNING, f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.hardware)")
 
     if subcommand == "fit" and _is_tokenizer(model_class_path):
         _find_unused_for_gan(trainer_cfg, strategy_value, strategy, accelerator)

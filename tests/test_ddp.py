@@ -30,7 +30,7 @@ TINY_TOKENIZER = [  # the shrink of tests/conftest.py (tests import no conftest 
     "--model.init_args.r1_every", "1",
 ]
 STEPS = 4  # 8 train clips per epoch / (2 ranks x batch 2) = 2 batches per rank per epoch -> 2 epochs
-TIMEOUT_S = 150
+TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def test_mtm_fit_with_two_cpu_processes(tmp_path, uneven_data, tokenizer_run):
     run = one_run_dir(runs, "mtm")
     check_checkpoint(run)
     losses = metric_rows(run, "train/loss")
-    # cross-entropy over a 64-entry codebook starts near ln(64) = 4.16
-    assert len(losses) == STEPS and all(3.5 < v < 4.7 for v in losses), losses
+    # cross-entropy over a 64-entry codebook starts near ln(64) = 4.16 (a few steps move it only a little)
+    assert len(losses) == STEPS and all(2.5 < v < 6.0 for v in losses), losses
     acc = metric_rows(run, "val/acc")
     assert len(acc) == 2 and all(0 <= v <= 1 for v in acc), acc
     media = sorted(p.name for p in (run / "media").iterdir())

@@ -172,3 +172,31 @@ def test_tokenizer_ddp_class_path_gets_find_unused_parameters(no_cuda):
     assert cfg.strategy.init_args.find_unused_parameters is True
     multinode = trainer_of("tokenizer.yaml", "hardware/multinode_ddp.yaml")
     assert hardware._process_count(multinode, "gpu") == 32
+
+
+# ------------------------------------------------------------- through the CLI (MagvitCLI.before_instantiate_classes)
+def test_cli_refuses_deepspeed_for_the_tokenizer_in_one_line(tmp_path, capsys, data_args):
+    from magvit_pl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/deepspeed_zero2.yaml",
+              "--runs_root", str(tmp_path), *data_args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: strategy lightning.pytorch.strategies.DeepSpeedStrategy cannot train") and "\n" not in err
+    assert not (tmp_path / "tokenizer").exists()  # refused before a run directory was made
+
+
+def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data_args):
+    from magvit_pl.cli import RUN_DIR_ENV, main
+
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    cli = main(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/cpu.yaml", "--runs_root", str(tmp_path),
+                "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+                "--trainer.enable_progress_bar", "false",
+                "--model.init_args.tokenizer.init_args.base_channels", "8", "--model.init_args.discriminator.init_args.base_channels", "4",
+                *data_args])
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    assert cli.trainer.precision == "32-true" and cli.trainer.global_step == 1
+    saved = yaml.safe_load((cli.run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == "32-true"

@@ -47,7 +47,7 @@ class NonFiniteGuard:
 
 def media_dir(trainer) -> Path:
     """``<run dir>/media``: where reconstructions, samples and curves are written."""
-    root = Path(trainer.log_dir or trainer.default_root_dir)
+    root = Path(trainer.default_root_dir)  # the CLI sets it to the run dir; trainer.log_dir would sync ranks
     path = root / "media"
     path.mkdir(parents=True, exist_ok=True)
     return path
