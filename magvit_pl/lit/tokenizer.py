@@ -54,6 +54,7 @@ class TokenizerModule(LightningModule):
         inflation: Literal["central", "average"] = "central",
         init_prefix: str = "",
         max_consecutive_nonfinite: int = 5,
+        val_fvd: bool = True,
         num_media_clips: int = 4,
         media_fps: int = 8,
     ):
@@ -81,6 +82,8 @@ class TokenizerModule(LightningModule):
             inflation: How 2D kernels become 3D: ``central`` (zero except the temporal centre) or ``average``.
             init_prefix: Key prefix of the tokenizer weights inside ``init_from`` (e.g. ``ema_tokenizer.``).
             max_consecutive_nonfinite: Stop after this many consecutive steps with a NaN/inf loss.
+            val_fvd: Reconstruction FVD at validation when the I3D weights are fetched and clips have ≥ 9
+                frames (otherwise skipped with a one-time notice).
             num_media_clips: Clips shown in the reconstruction grid written at each validation.
             media_fps: Frame rate of the written grids.
         """
@@ -97,6 +100,7 @@ class TokenizerModule(LightningModule):
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
+        self.val_fvd = None  # built in setup when wanted and possible
         self._val_hist: torch.Tensor | None = None
         self._media: list[torch.Tensor] = []
 
@@ -105,6 +109,10 @@ class TokenizerModule(LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else "32"
         if precision.startswith("16"):
             raise UserError(f"trainer.precision={precision} is not supported by the tokenizer (GAN + manual optimisation); use bf16-mixed on GPU or 32-true")
+        if self.hparams.val_fvd and self.val_fvd is None and stage in ("fit", "validate"):
+            from magvit_pl.tasks import build_fvd
+
+            self.val_fvd = build_fvd()  # None (logged once, with the fetch command) without I3D weights
         if stage == "fit" and self.hparams.init_from and self.global_step == 0:
             from magvit_pl.models.inflation import init_from_checkpoint
 
@@ -196,6 +204,12 @@ class TokenizerModule(LightningModule):
         frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (B,C,T,H,W) -> (B*T,C,H,W)
         self.val_psnr.update(frames(recon), frames(video))
         self.val_ssim.update(frames(recon), frames(video))
+        if self.val_fvd is not None:
+            if video.shape[2] >= self.val_fvd.min_frames:
+                self.val_fvd.update(video, real=True)
+                self.val_fvd.update(recon, real=False)
+            elif batch_idx == 0:
+                log.warning("reconstruction FVD skipped: clips have %d frames, I3D needs %d", video.shape[2], self.val_fvd.min_frames)
         hist = torch.bincount(q.indices.flatten(), minlength=self.ema_tokenizer.codebook_size)
         self._val_hist = hist if self._val_hist is None else self._val_hist + hist
         self.log("val/recon", F.mse_loss(recon, video), sync_dist=True, batch_size=video.shape[0])
@@ -208,6 +222,9 @@ class TokenizerModule(LightningModule):
         self.log("val/ssim", self.val_ssim.compute(), prog_bar=True, sync_dist=False)
         self.val_psnr.reset()
         self.val_ssim.reset()
+        if self.val_fvd is not None and self.val_fvd.update_count > 0:
+            self.log("val/fvd", self.val_fvd.compute(), prog_bar=True, sync_dist=False)
+            self.val_fvd.reset()
         if self._val_hist is not None:
             hist = self._val_hist.float()
             if self.trainer.world_size > 1:

@@ -77,3 +77,35 @@ def test_nonfinite_guard_skips_then_stops_naming_step_and_term():
     with pytest.raises(NonFiniteLossError, match=r"gan.*step 6"):
         guard.check(6, bad)
     assert guard.total == 5
+
+
+def test_validation_reports_reconstruction_fvd_when_i3d_is_fetched(tmp_path):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, Dataset
+
+    from magvit_pl.errors import MissingWeightsError
+    from magvit_pl.lit.tokenizer import TokenizerModule
+    from magvit_pl.models.quantizers.vq import VectorQuantizer
+    from magvit_pl.models.tokenizer import VQTokenizer
+    from magvit_pl.weights import weight_path
+
+    try:
+        weight_path("i3d")
+    except MissingWeightsError:
+        pytest.skip("I3D weights not fetched (python cli.py fetch-weights i3d)")
+
+    class Clips(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"video": torch.rand(3, 12, 32, 32, generator=g) * 2 - 1, "label": 0}
+
+    torch.manual_seed(0)
+    tok = VQTokenizer(base_channels=8, channel_multipliers=(1, 2), embedding_dim=8, quantizer=VectorQuantizer(codebook_size=16, embedding_dim=8))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    (result,) = trainer.validate(TokenizerModule(tok, None), DataLoader(Clips(), batch_size=2))
+    # an untrained tokenizer reconstructs noise as a blur: far from the real clips in I3D space
+    assert result["val/fvd"] > 10.0
+    assert 0.0 < result["val/psnr"] < 20.0
