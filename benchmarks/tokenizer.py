@@ -8,18 +8,19 @@ StyleGAN discriminator on random clips in [-1, 1] and measures (median of ``--re
 - ``train``: one full step as in ``TokenizerModule`` with the GAN on: G forward (L2 + quantizer +
   GAN loss) + backward + Adam step, then D on real and fake with R1 every step + backward + Adam
   step (no EMA, LeCam or perceptual loss), clips/s;
-- FLOPs of each, counted with ``torch.utils.flop_counter.FlopCounterMode`` on the (untimed) warm-up
-  call, as achieved GFLOP/s next to a large fp32 matmul measured in the same run;
+- FLOPs of each, counted with ``torch.utils.flop_counter.FlopCounterMode`` on the first (warm-up)
+  call, as achieved GFLOP/s; the training step's also next to a large fp32 matmul measured in the
+  same run;
 - peak memory: on CPU the subprocess's peak RSS (``getrusage`` high-water mark) after inference and
-  after training, also as a delta over the RSS after ``import torch``; on CUDA
+  after training, also as a delta over the RSS after the imports (``*_delta_MB``); on CUDA
   ``torch.cuda.max_memory_allocated`` per phase.
 
 Configurations: ``default`` is ``configs/tokenizer.yaml`` (preset tiny with temporal_downsample
 [true, false], 8x32x32 clips, batch 4, discriminator base 8); ``B`` / ``L`` are the paper's 128 px
 models on 16x128x128 clips (discriminator base 64), ``bair_B`` the 64 px one. Large configurations
-run at batch 1 on CPU (``--large-batch``). With ``--quick`` they time encode and decode once and
-ONE training step, timed while its FLOPs are counted (the counter's per-op overhead is negligible
-next to convolutions of this size).
+run at batch 1 on CPU (``--large-batch``). With ``--quick`` they run ONE encode, ONE decode and
+ONE training step, each timed while its FLOPs are counted, with no warm-up (the counter's per-op
+overhead and first-call setup are small next to convolutions of this size).
 
 On a shared CPU, pin ``--threads`` below the free cores. Prints a rich table on stderr and ONE
 JSON line on stdout::
@@ -73,15 +74,19 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def counted(fn, device: torch.device) -> tuple[object, float, float]:
-    """Run ``fn()`` once under a FLOP counter: (its result, FLOPs, seconds)."""
+def measure(fn, repeats: int, device: torch.device) -> tuple[object, float, float]:
+    """(result, FLOPs, seconds) of ``fn``: one call under a FLOP counter (the warm-up), then the median
+    of ``repeats`` timed calls; with ``repeats`` 0 the counted call itself is the one timed."""
     counter = FlopCounterMode(display=False)
     _sync(device)
     t0 = time.perf_counter()
     with counter:
         out = fn()
     _sync(device)
-    return out, float(counter.get_total_flops()), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if repeats:
+        seconds = timed(fn, repeats, device)
+    return out, float(counter.get_total_flops()), seconds
 
 
 def peak_rss_mb() -> float:
@@ -99,7 +104,9 @@ def train_step(tok, disc, opt_g, opt_d, video: torch.Tensor) -> None:
     opt_g.step()
 
     disc.requires_grad_(True)
-    real = video.detach().requires_grad_(True)
+    # R1 input as a (free) view, not a leaf: FlopCounterMode's module hooks make autograd.grad fail on
+    # a leaf module input (pytorch/pytorch#131753)
+    real = video.detach().requires_grad_(True).view_as(video)
     real_logits, fake_logits = disc(real), disc(recon.detach())
     loss_d = discriminator_gan_loss(real_logits, fake_logits) + r1_penalty(real_logits, real, cost=R1_COST)
     opt_d.zero_grad(set_to_none=True)
@@ -107,7 +114,7 @@ def train_step(tok, disc, opt_g, opt_d, video: torch.Tensor) -> None:
     opt_d.step()
 
 
-def bench_config(name: str, batch: int, repeats: int, train_repeats: int, device: torch.device) -> dict:
+def bench_config(name: str, batch: int, repeats: int, device: torch.device) -> dict:
     """Measure one configuration in this process (call it in a fresh one: RSS peaks are per process)."""
     rss0 = peak_rss_mb()
     c = CONFIGS[name]
@@ -126,18 +133,17 @@ def bench_config(name: str, batch: int, repeats: int, train_repeats: int, device
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
-    # ---- inference: the counted call is the warm-up
+    # ---- inference, no grad
     tok.eval()
     with torch.no_grad():
-        tokens, enc_flops, _ = counted(lambda: tok.encode(video), device)
-        t_enc = timed(lambda: tok.encode(video), repeats, device)
+        tokens, enc_flops, t_enc = measure(lambda: tok.encode(video), repeats, device)
         print(f"  {name}: encode {t_enc:.3f} s", file=sys.stderr, flush=True)
-        _, dec_flops, _ = counted(lambda: tok.decode(tokens), device)
-        t_dec = timed(lambda: tok.decode(tokens), repeats, device)
+        _, dec_flops, t_dec = measure(lambda: tok.decode(tokens), repeats, device)
         print(f"  {name}: decode {t_dec:.3f} s", file=sys.stderr, flush=True)
     row.update(
         encode_s=t_enc, encode_clips_per_s=batch / t_enc, encode_gflops=enc_flops / t_enc / 1e9,
         decode_s=t_dec, decode_clips_per_s=batch / t_dec, decode_gflops=dec_flops / t_dec / 1e9,
+        timed_calls=repeats or 1, timed_while_counting=not repeats,
     )
     if cuda:
         row["peak_infer_MB"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -145,18 +151,15 @@ def bench_config(name: str, batch: int, repeats: int, train_repeats: int, device
     else:
         row["peak_infer_MB"] = peak_rss_mb()
 
-    # ---- training: the counted step is the warm-up, or the only (timed) step when train_repeats == 0
+    # ---- training
     tok.train()
     opt_g = torch.optim.Adam(tok.parameters(), lr=LR, betas=BETAS)
     opt_d = torch.optim.Adam(disc.parameters(), lr=LR, betas=BETAS)
-    step = lambda: train_step(tok, disc, opt_g, opt_d, video)
-    _, train_flops, t_counted = counted(step, device)
-    t_train = timed(step, train_repeats, device) if train_repeats else t_counted
+    _, train_flops, t_train = measure(lambda: train_step(tok, disc, opt_g, opt_d, video), repeats, device)
     print(f"  {name}: train step {t_train:.3f} s", file=sys.stderr, flush=True)
     row.update(
         train_s=t_train, train_clips_per_s=batch / t_train, train_gflop_per_step=train_flops / 1e9,
-        train_gflops=train_flops / t_train / 1e9, train_steps_timed=train_repeats or 1,
-        train_timed_while_counting=not train_repeats,
+        train_gflops=train_flops / t_train / 1e9,
     )
     if cuda:
         row["peak_train_MB"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -164,6 +167,8 @@ def bench_config(name: str, batch: int, repeats: int, train_repeats: int, device
     else:
         row["peak_train_MB"] = peak_rss_mb()
         row["rss_after_import_MB"] = rss0
+        row["peak_infer_delta_MB"] = row["peak_infer_MB"] - rss0
+        row["peak_train_delta_MB"] = row["peak_train_MB"] - rss0
         row["memory"] = "peak RSS of the subprocess"
     return row
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.worker:
         spec = json.loads(args.worker)
-        row = bench_config(spec["name"], spec["batch"], spec["repeats"], spec["train_repeats"], device)
+        row = bench_config(spec["name"], spec["batch"], spec["repeats"], device)
         print(json.dumps(row, separators=(",", ":")))
         return row
 
@@ -220,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec = {
             "name": name,
             "batch": large_batch if c["large"] else c["batch"],
-            "repeats": 1 if quick_large else args.repeats,
-            "train_repeats": 0 if quick_large else args.repeats,
+            "repeats": 0 if quick_large else args.repeats,
         }
         print(f"running {name} (batch {spec['batch']}) in a subprocess", file=sys.stderr, flush=True)
         rows.append(run_worker(spec, args.device, args.threads))
