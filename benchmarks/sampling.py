@@ -19,34 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import torch
 
+from timing import matmul_gflops, timed
 from magvit_pl.commit import Vocab, build_prefix
 from magvit_pl.models.transformer import PRESETS, transformer_from_preset
 from magvit_pl.sampling import decode, decode_autoregressive
 
 TASKS = tuple(f"task{i}" for i in range(10))
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, seconds."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def forward_flops(preset: str, batch: int, seq: int, codebook: int) -> float:
@@ -57,12 +40,6 @@ def forward_flops(preset: str, batch: int, seq: int, codebook: int) -> float:
     attn = n * 4 * seq * seq * H
     return batch * (seq * per_token + attn)
 
-
-def matmul_gflops(device: torch.device, n: int, repeats: int) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    return 2 * n**3 / timed(lambda: a @ b, repeats, device) / 1e9
 
 
 def bench_one(preset, batch, args, vocab, device, run_ar, repeats):

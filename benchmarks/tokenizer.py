@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from timing import matmul_gflops, sync, timed
 from magvit_pl.losses import discriminator_gan_loss, generator_gan_loss, r1_penalty
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
 from magvit_pl.models.tokenizer import VQTokenizer, count_parameters
@@ -57,32 +57,16 @@ CONFIGS: dict[str, dict] = {
 GAN_WEIGHT, R1_COST, LR, BETAS = 0.1, 10.0, 1e-4, (0.0, 0.99)  # configs/tokenizer.yaml, paper Adam betas
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, seconds."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def measure(fn, repeats: int, device: torch.device) -> tuple[object, float, float]:
     """(result, FLOPs, seconds) of ``fn``: one call under a FLOP counter (the warm-up), then the median
     of ``repeats`` timed calls; with ``repeats`` 0 the counted call itself is the one timed."""
     counter = FlopCounterMode(display=False)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     with counter:
         out = fn()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     if repeats:
         seconds = timed(fn, repeats, device)
@@ -182,12 +166,6 @@ def run_worker(spec: dict, device: str, threads: int) -> dict:
         return {"config": spec["name"], "batch": spec["batch"], "error": f"worker exit code {proc.returncode}"}
     return json.loads(lines[-1])
 
-
-def matmul_gflops(device: torch.device, n: int, repeats: int) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    return 2 * n**3 / timed(lambda: a @ b, repeats, device) / 1e9
 
 
 def main(argv: list[str] | None = None) -> dict:
