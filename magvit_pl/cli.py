@@ -244,8 +244,8 @@ def complete_eval_args(args: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(args: Sequence[str] | None = None) -> Any:
-    """Entry point of ``python cli.py`` and the ``magvit`` console script."""
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``python cli.py`` and the ``magvit`` console script (returns None: exit code 0)."""
     from_argv = args is None
     args = list(sys.argv[1:] if from_argv else args)
     if not args or args[0] in ("-h", "--help"):
@@ -257,14 +257,16 @@ def main(args: Sequence[str] | None = None) -> Any:
     try:
         if command in MODEL_FREE_COMMANDS:
             target, _, positional = MODEL_FREE_COMMANDS[command]
-            return run_function(command, target, args[1:], positional)
+            run_function(command, target, args[1:], positional)
+            return None
         if command in LIGHTNING_COMMANDS:
             if command in ("test", "validate"):
                 completed = complete_eval_args(args)
                 if from_argv:  # keep sys.argv the source of truth (DDP re-launches it)
                     sys.argv[1:] = completed
                 args = completed
-            return run_lightning(None if from_argv else args)
+            run_lightning(None if from_argv else args)
+            return None
         _fail(f"unknown command '{command}'; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))
     except UserError as err:
         _fail(str(err), getattr(err, "exit_code", 2))
