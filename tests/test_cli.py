@@ -101,3 +101,11 @@ def test_every_hardware_yaml_composes_with_a_model_config(config):
 
     trainer = yaml.safe_load(out)["trainer"]
     assert trainer["accelerator"] == yaml.safe_load(config.read_text())["trainer"]["accelerator"]
+
+
+def test_console_script_entry_exits_zero_on_success():
+    # the `magvit` script runs sys.exit(main()): main must return None, not a value
+    code = "import sys; from magvit_pl.cli import main; sys.exit(main(['tasks']))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "frame_prediction" in result.stdout
