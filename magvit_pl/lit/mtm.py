@@ -18,6 +18,7 @@ from magvit_pl import commit, sampling
 from magvit_pl.checkpoint import load_tokenizer
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir
+from magvit_pl.lit.evaluation import TaskEvaluation
 from magvit_pl.models.transformer import BidirectionalTransformer
 from magvit_pl.schedules import total_training_steps, warmup_cosine
 from magvit_pl.tasks import Task, discover_tasks, get_task
@@ -25,7 +26,7 @@ from magvit_pl.tasks import Task, discover_tasks, get_task
 log = logging.getLogger(__name__)
 
 
-class MTMModule(LightningModule):
+class MTMModule(TaskEvaluation, LightningModule):
     """Multi-task COMMIT training of a bidirectional transformer on frozen tokenizer tokens."""
 
     def __init__(
@@ -265,63 +266,6 @@ class MTMModule(LightningModule):
         video = self.tokenizer.decode(tokens.reshape(-1, *self.grid)).clamp(-1, 1)
         return {"condition": t["condition"], "generated": video, "tokens": tokens, "z_cond": t["z_cond"],
                 "cond_mask": t["cond_mask"], "cond": t["cond"]}
-
-    # ------------------------------------------------------------------------------------------ test
-    def eval_task_names(self) -> list[str]:
-        """Tasks ``test`` evaluates: ``eval_task`` (a task or a family) among the trained ones, else all trained."""
-        name = self.hparams.eval_task
-        if not name:
-            return list(self.task_names)
-        from magvit_pl.tasks import resolve_tasks
-
-        wanted = [t.name for t in resolve_tasks(name)]
-        missing = [n for n in wanted if n not in self.task_names]
-        if missing:
-            raise UserError(f"--task {name}: this model was not trained on {', '.join(missing)}; it knows: {', '.join(self.task_names)}")
-        return wanted
-
-    def on_test_epoch_start(self) -> None:
-        from torch.nn import ModuleDict
-        from torchmetrics import MetricCollection
-
-        names = self.eval_task_names()
-        fvd_ok = self.hparams.num_frames >= 9
-        if not fvd_ok:
-            log.warning("FVD skipped: clips have %d frames and the I3D protocol needs at least 9", self.hparams.num_frames)
-        self._test_metrics = ModuleDict({n: MetricCollection(self.task(n).metrics(include_fvd=fvd_ok), compute_groups=False) for n in names}).to(self.device)
-        self._test_agree: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        for name, metrics in self._test_metrics.items():
-            out = self.generate(batch, name, seed=self.hparams.seed + batch_idx)
-            self.task(name).update_metrics(dict(metrics.items()), out["generated"], batch["video"], out["cond"])
-            cm = out["cond_mask"]
-            if cm.any():  # share of condition tokens that decoding left equal to z̃ (COMMIT keeps the condition)
-                self._test_agree[name].append(((out["tokens"] == out["z_cond"]) & cm).sum() / cm.sum())
-            if batch_idx == 0 and self.trainer.is_global_zero:
-                from magvit_pl.media import save_video_grid
-
-                n = self.hparams.num_media_clips
-                stem = media_dir(self.trainer) / f"test_{name}"
-                save_video_grid(stem, [out["condition"][:n], out["generated"][:n], batch["video"][:n]], fps=self.hparams.media_fps)
-
-    def on_test_epoch_end(self) -> None:
-        results: dict[str, dict[str, float]] = {}
-        for name, metrics in self._test_metrics.items():
-            values = {k: float(v) for k, v in metrics.compute().items()}
-            if self._test_agree[name]:
-                values["cond_token_agreement"] = float(torch.stack(self._test_agree[name]).mean())
-            results[name] = values
-            for k, v in values.items():
-                self.log(f"test/{name}/{k}", v, sync_dist=False)
-        if self.trainer.is_global_zero:
-            from magvit_pl.lit.report import write_results
-
-            write_results(results, self.hparams.eval_task or "all", media_dir(self.trainer).parent, protocol={
-                "sample_steps": self.hparams.sample_steps, "seed": self.hparams.seed, "num_frames": self.hparams.num_frames,
-                "resolution": self.hparams.resolution, "tokenizer_ckpt": self.hparams.tokenizer_ckpt,
-            })
-        self._test_metrics = None
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "MTMModule":
