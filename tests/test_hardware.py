@@ -188,10 +188,10 @@ def test_cli_refuses_deepspeed_for_the_tokenizer_in_one_line(tmp_path, capsys, d
 
 
 def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data_args):
-    from magvit_pl.cli import RUN_DIR_ENV, main
+    from magvit_pl.cli import RUN_DIR_ENV, run_lightning
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    cli = main(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/cpu.yaml", "--runs_root", str(tmp_path),
+    cli = run_lightning(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/cpu.yaml", "--runs_root", str(tmp_path),
                 "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
                 "--trainer.enable_progress_bar", "false",
                 "--model.init_args.tokenizer.init_args.base_channels", "8", "--model.init_args.discriminator.init_args.base_channels", "4",
