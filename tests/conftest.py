@@ -23,6 +23,12 @@ TINY_TOKENIZER = [
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer_args() -> list[str]:
+    """CLI overrides that shrink configs/tokenizer.yaml to a few-second model (test modules import no conftest)."""
+    return list(TINY_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """8 train / 8 val / 8 test synthetic clips of 8×32² (same generator and format as the default set)."""
     from magvit_pl.data.synthetic import ensure_default_dataset

@@ -19,16 +19,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TOKENIZER = [  # the shrink of tests/conftest.py (tests import no conftest module)
-    "--model.init_args.tokenizer.init_args.base_channels", "8",
-    "--model.init_args.tokenizer.init_args.embedding_dim", "16",
-    "--model.init_args.tokenizer.init_args.quantizer.init_args.embedding_dim", "16",
-    "--model.init_args.tokenizer.init_args.quantizer.init_args.codebook_size", "64",
-    "--model.init_args.discriminator.init_args.base_channels", "4",
-    "--model.init_args.disc_start_step", "1",
-    "--model.init_args.warmup_steps", "1",
-    "--model.init_args.r1_every", "1",
-]
 STEPS = 4  # 8 train clips per epoch / (2 ranks x batch 2) = 2 batches per rank per epoch -> 2 epochs
 TIMEOUT_S = 120
 
@@ -86,9 +76,9 @@ def metric_rows(run: Path, key: str) -> list[float]:
         return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
 
 
-def test_tokenizer_fit_with_two_cpu_processes(tmp_path, uneven_data):
+def test_tokenizer_fit_with_two_cpu_processes(tmp_path, uneven_data, tiny_tokenizer_args):
     runs = tmp_path / "runs"
-    out = fit_ddp("tokenizer.yaml", runs, *TINY_TOKENIZER, *uneven_data)
+    out = fit_ddp("tokenizer.yaml", runs, *tiny_tokenizer_args, *uneven_data)
     run = one_run_dir(runs, "tokenizer")
     ckpt = check_checkpoint(run)
     assert any(k.startswith("ema_tokenizer.") for k in ckpt["state_dict"])
