@@ -46,3 +46,12 @@ def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Mo
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
+
+
+def latest_checkpoint(runs_root: str | os.PathLike = "runs", kind: str = "mtm") -> Path:
+    """``RUNS_ROOT/KIND/latest/checkpoints/last.ckpt``, or a one-line error saying what to run first."""
+    path = Path(runs_root) / kind / "latest" / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise MissingFileError(f"no {kind} checkpoint at {path}; train one first: "
+                               f"python cli.py fit --config configs/{kind}.yaml (or pass --ckpt_path)")
+    return path.resolve()

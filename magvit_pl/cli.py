@@ -227,11 +227,9 @@ def complete_eval_args(args: list[str]) -> list[str]:
         return list(args)
     ckpt = _option(rest, "--ckpt_path")
     if ckpt is None:
-        root = Path(_option(rest, "--runs_root") or "runs") / "mtm"
-        ckpt_file = root / "latest" / "checkpoints" / "last.ckpt"
-        if not ckpt_file.is_file():
-            raise UserError(f"no MTM checkpoint at {ckpt_file}; train one first: python cli.py fit --config configs/mtm.yaml (or pass --ckpt_path)")
-        ckpt = str(ckpt_file.resolve())
+        from magvit_pl.checkpoint import latest_checkpoint
+
+        ckpt = str(latest_checkpoint(_option(rest, "--runs_root") or "runs"))
         rest += ["--ckpt_path", ckpt]
     elif not Path(ckpt).is_file():
         raise UserError(f"--ckpt_path {ckpt}: file not found")

@@ -11,14 +11,6 @@ from magvit_pl.errors import MissingFileError, UserError
 log = logging.getLogger(__name__)
 
 
-def latest_mtm_checkpoint(runs_root: str = "runs") -> Path:
-    """``RUNS_ROOT/mtm/latest/checkpoints/last.ckpt``, or a one-line error saying what to run first."""
-    path = Path(runs_root) / "mtm" / "latest" / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise MissingFileError(f"no MTM checkpoint at {path}; train one first: python cli.py fit --config configs/mtm.yaml (or pass --ckpt_path)")
-    return path
-
-
 def load_clip(path: str, num_frames: int, resolution: int) -> torch.Tensor:
     """The first ``num_frames`` frames of any PyAV-readable file, resized and centre-cropped: (1, 3, T, R, R) in [-1, 1]."""
     from magvit_pl.data.video import center_crop, read_video, resize_short_side
@@ -58,6 +50,7 @@ def generate(
         grid: Also write ``OUTPUT_grid.mp4``: condition | generated | input side by side.
         runs_root: Where training runs live (for the default checkpoint).
     """
+    from magvit_pl.checkpoint import latest_checkpoint
     from magvit_pl.data.video import write_video
     from magvit_pl.lit.mtm import MTMModule
     from magvit_pl.media import save_video_grid, to_uint8
@@ -67,7 +60,7 @@ def generate(
         raise UserError(f"--output {output}: must end in .mp4 or .gif")
     if steps < 1:
         raise UserError(f"--steps {steps}: must be >= 1")
-    model = MTMModule.from_checkpoint(str(ckpt_path or latest_mtm_checkpoint(runs_root)))
+    model = MTMModule.from_checkpoint(str(ckpt_path or latest_checkpoint(runs_root)))
     if task not in model.task_names:
         raise UserError(f"--task {task}: this model knows {', '.join(model.task_names)}")
     hp = model.hparams

@@ -45,8 +45,9 @@ class TaskEvaluation:
         self._test_agree: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        z = self.tokenizer.encode(batch["video"]).flatten(1)  # shared by every task
         for name, metrics in self._test_metrics.items():
-            out = self.generate(batch, name, seed=self.hparams.seed + batch_idx)
+            out = self.generate(batch, name, seed=self.hparams.seed + batch_idx, z=z)
             self.task(name).update_metrics(dict(metrics.items()), out["generated"], batch["video"], out["cond"])
             cm = out["cond_mask"]
             if cm.any():  # share of condition tokens that decoding left equal to z̃ (COMMIT keeps the condition)

@@ -178,12 +178,15 @@ class MTMModule(TaskEvaluation, LightningModule):
         return self._cycle.pop()
 
     @torch.no_grad()
-    def tokenize(self, batch: dict[str, Any], task: Task) -> dict[str, torch.Tensor]:
-        """z, z̃ (B, N), the latent condition mask (B, N) and the prefix (B, 2) for ``task`` on ``batch``."""
+    def tokenize(self, batch: dict[str, Any], task: Task, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """z, z̃ (B, N), the latent condition mask (B, N) and the prefix (B, 2) for ``task`` on ``batch``.
+
+        ``z`` (the clip's tokens) may be passed in when several tasks share one batch: it does not depend on the task.
+        """
         video = batch["video"]
         b = video.shape[0]
         cond = task.build_condition(video)
-        z = self.tokenizer.encode(video).reshape(b, -1)
+        z = self.tokenizer.encode(video).reshape(b, -1) if z is None else z
         cond_mask = task.latent_mask(cond.pixel_mask, self.tokenizer.downsample_factors).reshape(b, -1)
         z_cond = self.tokenizer.encode(cond.video).reshape(b, -1) if cond.pixel_mask.any() else torch.zeros_like(z)
         labels = batch.get("label") if task.uses_class else None
@@ -219,9 +222,10 @@ class MTMModule(TaskEvaluation, LightningModule):
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator(device=batch["video"].device).manual_seed(self.hparams.seed + batch_idx)
+        z = self.tokenizer.encode(batch["video"]).flatten(1)  # shared by every task
         for name in self.task_names:
             task = self.task(name)
-            t = self.tokenize(batch, task)
+            t = self.tokenize(batch, task, z=z)
             loss, _, acc = self._loss(t, task, generator=gen)
             self.log(f"val/acc/{name}", acc, sync_dist=True, batch_size=t["z"].shape[0])
             self.log(f"val/loss/{name}", loss, sync_dist=True, batch_size=t["z"].shape[0])
@@ -245,7 +249,8 @@ class MTMModule(TaskEvaluation, LightningModule):
 
     # ------------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], task_name: str, seed: int = 0, steps: int | None = None) -> dict[str, torch.Tensor]:
+    def generate(self, batch: dict[str, Any], task_name: str, seed: int = 0, steps: int | None = None,
+                 z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Sample clips for ``task_name`` conditioned on ``batch`` (``video`` and, if used, ``label``).
 
         Returns ``condition`` (the padded condition video), ``generated`` (B, 3, T, H, W) in [-1, 1] and
@@ -255,7 +260,7 @@ class MTMModule(TaskEvaluation, LightningModule):
         task = self.task(task_name)
         was_training = self.transformer.training
         self.transformer.eval()
-        t = self.tokenize(batch, task)
+        t = self.tokenize(batch, task, z=z)
         gen = torch.Generator(device=batch["video"].device).manual_seed(seed)
         tokens = sampling.decode(
             self.transformer, t["z_cond"], t["cond_mask"], t["prefix"], self.vocab, steps=steps or hp.sample_steps,
