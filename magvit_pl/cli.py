@@ -133,6 +133,8 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
+    from magvit_pl.lit.common import LossCurves
+
     class MagvitCLI(LightningCLI):
         """LightningCLI with one run directory per run: config.yaml, metrics.csv, checkpoints/, media/."""
 
@@ -187,6 +189,8 @@ def _make_cli_class():
                 callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False, save_last=True))
             if trainer_cfg.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(RichProgressBar())
+            if not any(isinstance(c, LossCurves) for c in callbacks):
+                callbacks.append(LossCurves())
             kwargs["callbacks"] = callbacks
             return super().instantiate_trainer(**kwargs)
 

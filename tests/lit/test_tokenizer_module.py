@@ -17,6 +17,8 @@ def test_run_directory_holds_config_metrics_checkpoints_and_media(tokenizer_run)
     media = sorted(p.name for p in (tokenizer_run / "media").iterdir())
     assert any(n.startswith("reconstruction_") and n.endswith(".mp4") for n in media)
     assert any(n.startswith("reconstruction_") and n.endswith(".gif") for n in media)
+    png = (tokenizer_run / "media" / "loss_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
     rows = list(csv.DictReader(open(tokenizer_run / "metrics.csv")))
     psnr = [float(r["val/psnr"]) for r in rows if r.get("val/psnr")]
     assert psnr and all(5.0 < p < 60.0 for p in psnr)
