@@ -25,6 +25,7 @@ from magvit_pl.models.blocks import (
     SameConv3d,
     avg_pool_down,
     group_norm,
+    maybe_checkpoint,
     nearest_up,
 )
 from magvit_pl.models.quantizers import QuantizerOutput, VectorQuantizer
@@ -51,9 +52,11 @@ class Encoder(nn.Module):
         embedding_dim: int,
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
+        self.activation_checkpointing = activation_checkpointing
         self.conv_in = SameConv3d(in_channels, base_channels, kernel, bias=False, padding_mode=padding_mode)
         self.levels = nn.ModuleList()
         ch = base_channels
@@ -68,14 +71,15 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv3d(ch, embedding_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ckpt = self.activation_checkpointing and self.training
         x = self.conv_in(x)
         for i, blocks in enumerate(self.levels):
             for block in blocks:
-                x = block(x)
+                x = maybe_checkpoint(block, x, ckpt)
             if i < len(self.levels) - 1:
                 x = avg_pool_down(x, pool_time=self.temporal_downsample[i])
         for block in self.mid:
-            x = block(x)
+            x = maybe_checkpoint(block, x, ckpt)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
@@ -93,9 +97,11 @@ class Decoder(nn.Module):
         embedding_dim: int,
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
+        self.activation_checkpointing = activation_checkpointing
         ch = base_channels * channel_multipliers[-1]
         self.conv_in = SameConv3d(embedding_dim, ch, kernel, bias=True, padding_mode=padding_mode)
         self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode) for _ in range(num_res_blocks)])
@@ -113,13 +119,14 @@ class Decoder(nn.Module):
         self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ckpt = self.activation_checkpointing and self.training
         x = self.conv_in(x)
         for block in self.mid:
-            x = block(x)
+            x = maybe_checkpoint(block, x, ckpt)
         n = len(self.levels)
         for j, blocks in enumerate(self.levels):
             for block in blocks:
-                x = block(x)
+                x = maybe_checkpoint(block, x, ckpt)
             level = n - 1 - j
             if level > 0:
                 x = nearest_up(x, up_time=self.temporal_downsample[level - 1])
@@ -145,6 +152,10 @@ class VQTokenizer(ConfigMixin, nn.Module):
         quantizer: The quantizer module (VectorQuantizer or LookupFreeQuantizer); default
             VectorQuantizer(1024 codes, dim ``embedding_dim``).
         in_channels: Channels of the video (3 for RGB); the decoder outputs the same number.
+        activation_checkpointing: In training with grad enabled, run every encoder and decoder residual
+            block through ``torch.utils.checkpoint`` (non-reentrant): its activations are recomputed in
+            the backward pass instead of kept, trading ~1/3 more compute for memory
+            (``benchmarks/memory.py`` measures it). Same outputs and gradients; no effect in eval.
     """
 
     def __init__(
@@ -158,6 +169,7 @@ class VQTokenizer(ConfigMixin, nn.Module):
         temporal_kernel_size: int = 3,
         quantizer: nn.Module | None = None,
         in_channels: int = 3,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         if padding_mode not in PADDING_MODES:
@@ -182,13 +194,15 @@ class VQTokenizer(ConfigMixin, nn.Module):
         self.temporal_downsample = temporal_downsample
         self.embedding_dim = embedding_dim
         self.temporal_kernel_size = temporal_kernel_size
+        self.activation_checkpointing = bool(activation_checkpointing)
         kernel = (temporal_kernel_size, 3, 3)
         args = (
             base_channels, channel_multipliers, num_res_blocks, temporal_downsample, embedding_dim, kernel, padding_mode
         )
-        self.encoder = Encoder(in_channels, *args)
+        ckpt = self.activation_checkpointing
+        self.encoder = Encoder(in_channels, *args, activation_checkpointing=ckpt)
         self.quantizer = quantizer
-        self.decoder = Decoder(in_channels, *args)
+        self.decoder = Decoder(in_channels, *args, activation_checkpointing=ckpt)
 
     # ---- shapes
     @property

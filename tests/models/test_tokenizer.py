@@ -196,3 +196,97 @@ def test_init_from_lightning_checkpoint(tmp_path):
         init_from_checkpoint(tiny(), path, prefix="ema.")
     with pytest.raises(UserError, match="cannot inflate"):  # a wider 2D model does not fit
         init_from_checkpoint(tiny(base_channels=32), path, prefix="tokenizer.")
+
+
+# ---------------------------------------------------------------- activation checkpointing
+def _count_calls(module: torch.nn.Module, calls: list) -> None:
+    """Count evaluations of ``module.forward`` (recomputation included) into ``calls``."""
+    forward = module.forward
+    module.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn()`` runs (outside checkpointed blocks)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+def test_activation_checkpointing_same_outputs_and_gradients():
+    x = clip(shape=(2, 3, 8, 32, 32))
+    runs = []
+    for ckpt in (False, True):
+        model = tiny(seed=3, activation_checkpointing=ckpt).train()
+        calls = []
+        _count_calls(model.encoder.levels[0][0].conv1, calls)
+        _count_calls(model.decoder.mid[0].conv2, calls)
+        saved, (recon, q) = _saved_bytes(lambda: model(x))
+        loss = (recon - x).abs().mean() + q.loss
+        loss.backward()
+        assert len(calls) == (4 if ckpt else 2)  # checkpointed blocks run again in backward
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((saved, recon.detach(), q.indices, loss.detach(), grads))
+    (saved0, recon0, idx0, loss0, g0), (saved1, recon1, idx1, loss1, g1) = runs
+    assert saved1 < 0.5 * saved0  # the blocks' activations are no longer kept
+    torch.testing.assert_close(recon1, recon0, rtol=0, atol=1e-6)
+    assert torch.equal(idx1, idx0)
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) > 20
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_is_off_in_eval_and_without_grad():
+    model = tiny(activation_checkpointing=True)
+    calls = []
+    _count_calls(model.encoder.levels[0][0].conv1, calls)
+    x = clip()
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()(x)[0].sum().backward()
+    assert len(calls) == 2  # one evaluation each, nothing recomputed
+
+
+def test_activation_checkpointing_survives_config_and_presets():
+    from magvit_pl.models.config import build_from_config
+
+    model = tiny(activation_checkpointing=True)
+    config = model.init_config
+    assert config["init_args"]["activation_checkpointing"] is True
+    rebuilt = build_from_config(config)
+    assert rebuilt.activation_checkpointing and rebuilt.encoder.activation_checkpointing
+    assert rebuilt.decoder.activation_checkpointing
+    rebuilt.load_state_dict(model.state_dict())  # same architecture
+    assert build_from_config(tiny().init_config).activation_checkpointing is False
+    with torch.device("meta"):
+        preset = VQTokenizer.from_preset("B", activation_checkpointing=True)
+    assert preset.decoder.activation_checkpointing
+    assert preset.init_config["init_args"]["activation_checkpointing"] is True
+
+
+def test_discriminator_activation_checkpointing_with_r1():
+    from magvit_pl.losses import r1_penalty
+    from magvit_pl.models.config import build_from_config
+    from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+
+    video = clip(shape=(2, 3, 4, 16, 16))
+    runs = []
+    for ckpt in (False, True):
+        torch.manual_seed(4)
+        disc = StyleGANDiscriminator3D(base_channels=4, num_frames=4, resolution=16, activation_checkpointing=ckpt)
+        real = video.clone().requires_grad_(True)
+        logits = disc(real)
+        loss = logits.mean() + r1_penalty(logits, real, cost=10.0)  # double backward through the blocks
+        loss.backward()
+        runs.append((logits.detach(), loss.detach(), [p.grad.clone() for p in disc.parameters()]))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=1e-6)
+    for a, b in zip(runs[0][2], runs[1][2]):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert build_from_config(disc.init_config).activation_checkpointing is True
