@@ -134,6 +134,7 @@ def _make_cli_class():
     from lightning.pytorch.loggers import CSVLogger
 
     from magvit_pl.lit.common import LossCurves
+    from magvit_pl.lit.resume import ResumeState, run_checkpoint
 
     class MagvitCLI(LightningCLI):
         """LightningCLI with one run directory per run: config.yaml, metrics.csv, checkpoints/, media/."""
@@ -142,6 +143,7 @@ def _make_cli_class():
             parser.add_argument("--run_dir", type=Optional[str], default=None, help="Run directory (default: RUNS_ROOT/<tokenizer|mtm>/<timestamp>; with --ckpt_path last: the latest run).")
             parser.add_argument("--runs_root", type=str, default="runs", help="Folder holding one sub-folder per model kind and run.")
             parser.add_argument("--task", type=Optional[str], default=None, help="MTM only: task name or family to evaluate (test) — see `python cli.py tasks`.")
+            parser.add_argument("--save_every_n_steps", type=int, default=200, help="fit: write checkpoints/last.ckpt every N training steps (and after each validation); 0 = only after validation. A crash loses at most N steps: resume with --ckpt_path last.")
 
         def parse_arguments(self, parser, args) -> None:
             from jsonargparse import ArgumentError
@@ -186,7 +188,12 @@ def _make_cli_class():
                 kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="")
             callbacks = list(trainer_cfg.get("callbacks") or [])
             if trainer_cfg.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-                callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False, save_last=True))
+                every = self._get(self.config, "save_every_n_steps", default=200)
+                if every < 0:
+                    raise UserError(f"--save_every_n_steps {every}: must be >= 0 (0 = only after validation)")
+                callbacks.append(run_checkpoint(str(self.run_dir / "checkpoints"), every))
+            if not any(isinstance(c, ResumeState) for c in callbacks):
+                callbacks.append(ResumeState())
             if trainer_cfg.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(RichProgressBar())
             if not any(isinstance(c, LossCurves) for c in callbacks):

@@ -22,6 +22,16 @@ TINY_TOKENIZER = [
 ]
 
 
+TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
+            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
+
+
+@pytest.fixture(scope="session")
+def tiny_mtm_args() -> list[str]:
+    """CLI overrides that shrink configs/mtm.yaml's transformer to a 2-layer, 32-wide one."""
+    return list(TINY_MTM)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_args() -> list[str]:
     """CLI overrides that shrink configs/tokenizer.yaml to a few-second model (test modules import no conftest)."""

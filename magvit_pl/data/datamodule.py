@@ -13,6 +13,11 @@ flip) comes from one numpy generator per data-loader worker seeded with
 The epoch number is the trainer's ``current_epoch`` (or a count of passes without a trainer), read
 in the main process each time the loader is iterated and handed to the workers with the dataset.
 
+Exact resume: when a run restarts from a mid-epoch checkpoint, the loader reads how many batches of the
+epoch the trainer has already completed and each worker replays (decodes and drops) its share of them
+with the same generator, so the next batch is the one the interrupted run would have seen. Replaying
+costs decode time for the skipped clips (at most one epoch's worth), nothing else.
+
 Val / test: shards in a fixed order, centred clips and crops. They are split across DDP ranks and
 then workers by whole shards when there are enough shards, otherwise by sample index, so every
 sample is seen exactly once per epoch and nothing is duplicated or dropped (the last batch of a
@@ -93,6 +98,7 @@ class ShardClips(IterableDataset):
         self.samples_per_epoch, self.batch_size, self.num_workers = samples_per_epoch, batch_size, num_workers
         self.random_crop, self.random_flip = random_crop, random_flip
         self.epoch = 0
+        self.skip_batches = 0  # batches of this epoch already consumed (resume); train only
         self.rank, self.world_size = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,8 +146,12 @@ class ShardClips(IterableDataset):
         if n_w != self._workers():  # the DataLoader's num_workers decides, whatever was set before
             self.num_workers = n_w if info is not None else 0
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-            return islice(self._train_stream(rng), self.per_worker_train())
+            # The DataLoader hands batches out round-robin from worker 0: stream w makes batches w, w+n_w, ...
+            # On a resume after k batches, worker i plays stream (i + k) % n_w, so batch k comes first.
+            stream = (worker + self.skip_batches) % n_w
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
+            skip = len(range(stream, self.skip_batches, n_w)) * self.batch_size
+            return islice(self._train_stream(rng), min(skip, self.per_worker_train()), self.per_worker_train())
         return self._eval_stream(worker, n_w)
 
     def _train_stream(self, rng: np.random.Generator) -> Iterator[dict]:
@@ -215,6 +225,7 @@ class _EpochLoader(DataLoader):
     here in the main process, then copied to the workers with the dataset)."""
 
     epoch_fn: Callable[[], int | None] | None = None
+    skip_fn: Callable[[], int] | None = None
     _passes: int = 0
 
     def __iter__(self):
@@ -222,8 +233,12 @@ class _EpochLoader(DataLoader):
         if epoch is None:
             epoch = self._passes
         self._passes += 1
-        self.dataset.set_epoch(epoch)
         self.dataset.set_distributed()
+        skip = int(self.skip_fn()) if self.skip_fn is not None and self.dataset.train else 0
+        if skip and skip >= super().__len__():  # resumed on an epoch's last batch: the next epoch starts
+            epoch, skip = epoch + 1, 0
+        self.dataset.set_epoch(epoch)
+        self.dataset.skip_batches = skip
         return super().__iter__()
 
     def __len__(self) -> int:
@@ -361,14 +376,26 @@ class VideoDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, random_crop=self.random_crop, random_flip=self.random_flip)
 
     def _loader(self, dataset: ShardClips) -> DataLoader:
+        # its own generator: starting the loader must not draw from the global torch RNG (exact resume)
         loader = _EpochLoader(dataset, batch_size=dataset.batch_size, num_workers=self.num_workers,
-                              pin_memory=self.pin_memory, persistent_workers=False)
+                              pin_memory=self.pin_memory, persistent_workers=False,
+                              generator=torch.Generator().manual_seed(self.seed))
         loader.epoch_fn = self._trainer_epoch
+        loader.skip_fn = self._trainer_batches_done
         return loader
 
     def _trainer_epoch(self) -> int | None:
         trainer = self.trainer
         return None if trainer is None else int(trainer.current_epoch)
+
+    def _trainer_batches_done(self) -> int:
+        """Training batches of the current epoch already completed: non-zero only when a fit resumes
+        from a mid-epoch checkpoint (Lightning restores its progress counters before the loader starts)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or trainer.state.status != "running":
+            return 0
+        progress = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_progress", None)
+        return int(getattr(getattr(progress, "current", None), "ready", 0) or 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train", train=True))

@@ -14,17 +14,15 @@ from magvit_pl.errors import UserError
 from magvit_pl.lit.mtm import MTMModule
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
-            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
 
 
 @pytest.fixture(scope="module")
-def mtm_run(tokenizer_run, data_args, tmp_path_factory) -> Path:
+def mtm_run(tokenizer_run, data_args, tiny_mtm_args, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("mtm_runs")
     main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs),
           "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
           "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-          "--trainer.enable_progress_bar", "false", *TINY_MTM, *data_args])
+          "--trainer.enable_progress_bar", "false", *tiny_mtm_args, *data_args])
     os.environ.pop("MAGVIT_PL_RUN_DIR", None)
     return runs
 

@@ -1,0 +1,141 @@
+"""Exact resume: the random state a run needs to continue step for step after a crash.
+
+Lightning restores weights, optimisers, schedulers and loop counters from a checkpoint; the modules
+add their own state (EMA weights and LeCam anchors are buffers, the MTM task cycle is in
+``checkpoint["magvit"]``), and the data module restarts the training stream at the saved batch
+(see :mod:`magvit_pl.data.datamodule`). What is left is the global random state that dropout,
+mask sampling and dead-code restarts draw from. :class:`ResumeState` keeps it:
+
+* ``state_dict`` (written with every checkpoint) holds the torch CPU and CUDA generators, Python's
+  ``random`` and numpy's global generator, as plain lists and tensors (``weights_only`` loadable);
+* after a restore, the states are put back just before the first training batch runs, so nothing
+  that happens in between (data-loader start, sanity check) can shift them;
+* validation and the sanity check run on a forked random state, so how often one validates never
+  changes the training trajectory, and a resumed run that skips a validation matches one that ran it.
+
+Under DDP each rank checkpoints rank 0's state; after a restore every rank folds its rank into it,
+so ranks keep distinct dropout masks (deterministic, but not identical to the uninterrupted run).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global random states as tensors and lists (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (missing entries are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _fold_rank(rank: int) -> None:
+    """Derive a distinct, deterministic torch seed per rank from the restored state."""
+    seed = int(torch.randint(0, 2**62, (1,)).item()) + 7919 * rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class ResumeState(Callback):
+    """Save and restore the global random state with checkpoints; shield training from validation's draws."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+        self._val_stash: dict[str, Any] | None = None
+
+    # ---- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": capture_rng()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is not None:
+            restore_rng(self._pending)
+            self._pending = None
+            if trainer.world_size > 1:
+                _fold_rank(trainer.global_rank)
+
+    # ---- validation on a forked random state
+    def _fork(self) -> None:
+        self._val_stash = capture_rng()
+
+    def _join(self) -> None:
+        if self._val_stash is not None:
+            restore_rng(self._val_stash)
+            self._val_stash = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._fork()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._join()
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._fork()
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        self._join()
+
+
+def _model_checkpoint_class():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class RunCheckpoint(ModelCheckpoint):
+        """``last.ckpt`` (and the newest ``stepNNNNNNN.ckpt``) every ``every_n_train_steps`` steps, after each
+        validation, and when training ends, so neither a crash nor a ``max_steps`` that is not a multiple of
+        the interval loses trained steps. (Lightning's ModelCheckpoint takes one trigger at a time.)"""
+
+        def _save_now(self, trainer) -> None:
+            if self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == trainer.global_step:
+                return
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            super().on_validation_end(trainer, pl_module)
+            if trainer.state.fn == "fit" and not trainer.sanity_checking:
+                self._save_now(trainer)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._save_now(trainer)
+            super().on_train_end(trainer, pl_module)
+
+    return RunCheckpoint
+
+
+def run_checkpoint(dirpath: str, every_n_steps: int):
+    """The CLI's checkpoint callback: see ``RunCheckpoint`` above."""
+    cls = _model_checkpoint_class()
+    return cls(dirpath=dirpath, filename="step{step:07d}", auto_insert_metric_name=False, save_last=True,
+               every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
