@@ -45,7 +45,7 @@ class TaskEvaluation:
         self._test_agree: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        z = self.tokenizer.encode(batch["video"]).flatten(1)  # shared by every task
+        z = self.clip_tokens(batch)  # shared by every task
         for name, metrics in self._test_metrics.items():
             out = self.generate(batch, name, seed=self.hparams.seed + batch_idx, z=z)
             self.task(name).update_metrics(dict(metrics.items()), out["generated"], batch["video"], out["cond"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -22,8 +23,11 @@ from magvit_pl.lit.evaluation import TaskEvaluation
 from magvit_pl.models.transformer import BidirectionalTransformer
 from magvit_pl.schedules import total_training_steps, warmup_cosine
 from magvit_pl.tasks import Task, discover_tasks, get_task
+from magvit_pl.token_cache import TokenCache, clip_hashes
 
 log = logging.getLogger(__name__)
+# The data module keeps Lightning's default hook; the model's (token-cache hashing) is the one meant to run.
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 class MTMModule(TaskEvaluation, LightningModule):
@@ -66,6 +70,7 @@ class MTMModule(TaskEvaluation, LightningModule):
         media_fps: int = 8,
         max_consecutive_nonfinite: int = 5,
         seed: int = 0,
+        token_cache_clips: int = 0,
     ):
         """
         Args:
@@ -104,6 +109,9 @@ class MTMModule(TaskEvaluation, LightningModule):
             media_fps: Frame rate of the written grids.
             max_consecutive_nonfinite: Stop after this many consecutive NaN/inf losses.
             seed: Seed of the task cycle and the masks (saved with the checkpoint).
+            token_cache_clips: Keep the frozen tokenizer's tokens of up to this many clips, keyed by the clip's
+                pixels, and look them up instead of encoding a clip seen before (0 = off). Pays off when
+                augmentation is off (see :mod:`magvit_pl.token_cache`); z̃ is still encoded per task.
         """
         super().__init__()
         self.task_names = list(tasks) if tasks else sorted(discover_tasks())
@@ -119,6 +127,9 @@ class MTMModule(TaskEvaluation, LightningModule):
         self._cycle_rng = random.Random(seed)
         self._val_acc: dict[str, list[torch.Tensor]] = {}
         self._val_batch: dict[str, torch.Tensor] | None = None
+        if token_cache_clips < 0:
+            raise UserError(f"model.token_cache_clips={token_cache_clips}: must be >= 0 (0 = no token cache)")
+        self.token_cache = TokenCache(token_cache_clips) if token_cache_clips else None
 
     def train(self, mode: bool = True) -> "MTMModule":
         super().train(mode)
@@ -177,6 +188,20 @@ class MTMModule(TaskEvaluation, LightningModule):
             self._cycle_rng.shuffle(self._cycle)
         return self._cycle.pop()
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.token_cache is not None and isinstance(batch, dict) and torch.is_tensor(batch.get("video")):
+            batch["clip_hash"] = clip_hashes(batch["video"])  # hashed on the host, before the copy to the device
+        return batch
+
+    @torch.no_grad()
+    def clip_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """z (B, N) of ``batch["video"]``: from the token cache when it is on, else encoded."""
+        video = batch["video"]
+        if self.token_cache is not None:
+            keys = batch.get("clip_hash") or clip_hashes(video)
+            return self.token_cache.encode(video, keys, self.tokenizer.encode)
+        return self.tokenizer.encode(video).reshape(video.shape[0], -1)
+
     @torch.no_grad()
     def tokenize(self, batch: dict[str, Any], task: Task, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """z, z̃ (B, N), the latent condition mask (B, N) and the prefix (B, 2) for ``task`` on ``batch``.
@@ -210,19 +235,21 @@ class MTMModule(TaskEvaluation, LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         task = self.task(self._next_task())
-        t = self.tokenize(batch, task)
+        t = self.tokenize(batch, task, z=self.clip_tokens(batch))
         loss, parts, acc = self._loss(t, task, generator=None)
         if not self.guard.check(self.global_step, {"loss": loss}):
             return None  # Lightning skips the optimiser step
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"})
         self.log(f"train/acc/{task.name}", acc)
+        if self.token_cache is not None:
+            self.log("train/token_cache_hit_rate", self.token_cache.hit_rate)
         return loss
 
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator(device=batch["video"].device).manual_seed(self.hparams.seed + batch_idx)
-        z = self.tokenizer.encode(batch["video"]).flatten(1)  # shared by every task
+        z = self.clip_tokens(batch)  # shared by every task
         for name in self.task_names:
             task = self.task(name)
             t = self.tokenize(batch, task, z=z)
