@@ -166,6 +166,13 @@ def _make_cli_class():
                 if latest is None:
                     raise UserError(f"--ckpt_path last: no earlier run under {root}; start one without --ckpt_path")
                 run_dir = str(latest)
+            if not run_dir and int(cfg.trainer.get("num_nodes") or 1) > 1:
+                # every node must agree on one folder: a timestamp taken on each node would not
+                if os.environ.get("SLURM_JOB_ID"):
+                    run_dir = str(root / f"slurm-{os.environ['SLURM_JOB_ID']}")
+                else:
+                    raise UserError(f"--trainer.num_nodes {cfg.trainer.num_nodes}: pass --run_dir on a filesystem all nodes share "
+                                    f"(e.g. --run_dir {root}/my-run), the same on every node")
             if not run_dir:
                 stamp = time.strftime("%Y%m%d-%H%M%S")
                 suffix = "" if self.subcommand == "fit" else f"-{self.subcommand}"
@@ -179,7 +186,8 @@ def _make_cli_class():
                 if "eval_task" not in (cfg.model.get("init_args") or {}):
                     raise UserError(f"--task {cfg.task}: only an MTM model (magvit_pl.lit.mtm.MTMModule) evaluates tasks")
                 cfg.model.init_args.eval_task = cfg.task
-            if self.subcommand == "fit" and run_dir.parent == root and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            global_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+            if self.subcommand == "fit" and run_dir.parent == root and global_rank == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 _point_latest(root, run_dir)
 
         def instantiate_trainer(self, **kwargs: Any):

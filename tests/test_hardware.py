@@ -200,3 +200,17 @@ def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data
     assert cli.trainer.precision == "32-true" and cli.trainer.global_step == 1
     saved = yaml.safe_load((cli.run_dir / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == "32-true"
+
+
+def test_multinode_fit_needs_a_shared_run_dir(tmp_path, capsys, monkeypatch, data_args):
+    """Each node would stamp its own run folder: without --run_dir (or a SLURM job id) it is refused."""
+    from magvit_pl.cli import RUN_DIR_ENV, main
+
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/tokenizer.yaml", "--trainer.num_nodes", "2", "--runs_root", str(tmp_path), *data_args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --trainer.num_nodes 2: pass --run_dir") and "\n" not in err
+    assert not (tmp_path / "tokenizer").exists()
