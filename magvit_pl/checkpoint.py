@@ -20,8 +20,11 @@ TOKENIZER_PREFIX = "ema_tokenizer."
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or foreign files."""
+    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated or foreign files and for folders."""
     path = Path(path)
+    if path.is_dir():  # DeepSpeed / FSDP sharded checkpoints are folders
+        raise UserError(f"checkpoint {path} is a folder (a sharded DeepSpeed or FSDP checkpoint); make one file of it first: "
+                        f"python cli.py export --ckpt_path {path} --output FILE")
     if not path.is_file():
         raise MissingFileError(f"checkpoint not found: {path}")
     try:

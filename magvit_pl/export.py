@@ -1,0 +1,308 @@
+"""``python cli.py export``: turn a checkpoint written under any strategy into one inference file.
+
+Three kinds of input are recognised:
+
+* a **Lightning checkpoint file** (single device, DDP, FSDP with ``state_dict_type: full``);
+* a **DeepSpeed checkpoint folder**, as Lightning's ``DeepSpeedStrategy`` writes it: ``last.ckpt/`` holding
+  ``latest`` (the tag, ``checkpoint``) and ``checkpoint/`` with the model states
+  (``mp_rank_00_model_states.pt`` for ZeRO-1/2, ``zero_pp_rank_R_mp_rank_00_model_states.pt`` for ZeRO-3)
+  and one ``*_optim_states.pt`` per rank. The fp32 master weights are gathered by DeepSpeed's own
+  ``deepspeed.utils.zero_to_fp32``; Lightning's state (``hyper_parameters``, the ``magvit`` entry, ...)
+  is the DeepSpeed *client state*, stored as top-level keys of the (rank 0) model-states file;
+* an **FSDP sharded checkpoint folder**, as Lightning's ``FSDPStrategy(state_dict_type="sharded")`` writes
+  it: a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``__R_0.distcp``) holding ``model`` and
+  ``optimizer_N``, and ``meta.pt`` with everything else. Only ``model`` is read, in one process, without
+  a process group.
+
+The output keeps what inference and evaluation need: ``state_dict`` (floating-point tensors as fp32,
+whatever the training precision), ``hyper_parameters``, the ``magvit`` entry and Lightning's version
+stamp; optimizer states, LR schedulers, loop and callback states are dropped. It loads with
+:func:`magvit_pl.checkpoint.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
+``python cli.py test --ckpt_path`` and ``python cli.py generate --ckpt_path``.
+
+Every file is read with ``torch.load(weights_only=True)``, DeepSpeed's shards included: DeepSpeed's
+reader asks for full unpickling, so it runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` and exactly the
+few plain DeepSpeed classes its optimizer files hold (loss scaler, ZeRO stage enum, fragment address)
+allow-listed.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.io import atomic_path
+
+ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "
+            "or an FSDP sharded checkpoint folder (meta.pt + .metadata + *.distcp)")
+# top-level entries of a Lightning checkpoint that the exported file keeps
+KEEP_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "magvit", "pytorch-lightning_version", "epoch", "global_step",
+             "datamodule_hparams_name", "datamodule_hyper_parameters")
+FSDP_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
+DCP_METADATA = ".metadata"
+DS_MODEL_STATES = "*_model_states.pt"
+DS_OPTIM_STATES = "*_optim_states.pt"
+# LightningCLI rebuilds the model of `test --ckpt_path` from hyper_parameters["_class_path"]; runs started from
+# Python instead of the CLI lack it
+CLASS_PATHS = {"tokenizer": "magvit_pl.lit.tokenizer.TokenizerModule", "mtm": "magvit_pl.lit.mtm.MTMModule"}
+KIND_NAMES = {"lightning": "a Lightning checkpoint file", "deepspeed": "a DeepSpeed folder", "fsdp": "an FSDP sharded folder"}
+DS_INSTALL = 'pip install -e ".[gpu]" (on a CPU-only machine: pip install deepspeed)'
+
+
+def detect_kind(path: str | os.PathLike) -> str:
+    """``"lightning"`` (one file), ``"deepspeed"`` or ``"fsdp"`` (folders); a one-line error for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"--ckpt_path {path}: not found; expected {ACCEPTED}")
+    if path.is_file():
+        return "lightning"
+    if path.is_dir():
+        if (path / FSDP_META).is_file() and (path / DCP_METADATA).is_file():
+            return "fsdp"
+        if _deepspeed_tag_dirs(path) or any(path.glob(DS_MODEL_STATES)):
+            return "deepspeed"
+    raise UserError(f"--ckpt_path {path}: not a checkpoint this command knows; expected {ACCEPTED}")
+
+
+def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None = None) -> Path:
+    """Write a single-file, inference-only copy of a checkpoint saved under any strategy (DDP, DeepSpeed, FSDP).
+
+    Args:
+        ckpt_path: The checkpoint to export: a Lightning ``.ckpt`` file, a DeepSpeed checkpoint folder
+            (``checkpoints/last.ckpt/`` under ``DeepSpeedStrategy``) or an FSDP sharded checkpoint folder
+            (``FSDPStrategy`` with ``state_dict_type: sharded``).
+        output: The file to write (e.g. ``runs/mtm/RUN/checkpoints/inference.ckpt``: next to the run's
+            ``config.yaml``, ``python cli.py test --ckpt_path`` finds the config by itself). Weights are
+            fp32; optimizer, scheduler and loop states are left out.
+        overwrite: Replace ``output`` if it exists (it is never replaced otherwise).
+        tag: DeepSpeed only: the tag folder inside ``ckpt_path`` (default: the one named in its ``latest``
+            file; Lightning writes ``checkpoint``).
+
+    Returns:
+        The path of the written file.
+    """
+    src, out = Path(ckpt_path), Path(output)
+    if out.is_dir():
+        raise UserError(f"--output {out}: is a folder; give a file name such as {out / 'inference.ckpt'}")
+    if out.exists() and not overwrite:
+        raise UserError(f"--output {out}: exists; pass --overwrite true to replace it")
+    kind = detect_kind(src)
+    if tag is not None and kind != "deepspeed":
+        raise UserError(f"--tag {tag}: only applies to a DeepSpeed checkpoint folder, and {src} is {KIND_NAMES[kind]}")
+    if kind == "lightning":
+        checkpoint, label = _read_lightning_file(src), "Lightning checkpoint file"
+    elif kind == "deepspeed":
+        checkpoint, label = _read_deepspeed(src, tag)
+    else:
+        checkpoint, label = _read_fsdp_sharded(src)
+
+    exported = _inference_only(checkpoint, src, label)
+    with atomic_path(out) as tmp:
+        torch.save(exported, tmp)
+    values, tensors = _count(exported["state_dict"])
+    model = exported["magvit"].get("kind", "?")
+    print(f"exported {label} {src} -> {out}: {model}, {values / 1e6:.2f}M parameters in {tensors} tensors (fp32), "
+          f"{_size(out.stat().st_size)}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- readers
+def _read_lightning_file(path: Path) -> dict[str, Any]:
+    from magvit_pl.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"--ckpt_path {path}: holds no Lightning 'state_dict'; expected {ACCEPTED}")
+    return checkpoint
+
+
+def _deepspeed_available() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def _deepspeed_tag_dirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir() and any(d.glob(DS_MODEL_STATES)))
+
+
+def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
+    """The consolidated fp32 state dict (DeepSpeed's zero_to_fp32) plus Lightning's client state."""
+    if any(path.glob(DS_MODEL_STATES)):  # pointed at the tag folder itself (last.ckpt/checkpoint/)
+        if tag is not None and tag != path.name:
+            raise UserError(f"--tag {tag}: {path} is itself the tag folder {path.name!r}")
+        path, tag = path.parent, path.name
+    if tag is None:
+        latest = path / "latest"
+        tags = _deepspeed_tag_dirs(path)
+        if latest.is_file():
+            tag = latest.read_text().strip()
+        elif len(tags) == 1:
+            tag = tags[0].name
+        else:
+            raise UserError(f"--ckpt_path {path}: no 'latest' file and several tag folders ({', '.join(t.name for t in tags)}); pass --tag NAME")
+    tag_dir = path / tag
+    if not tag_dir.is_dir() or not any(tag_dir.glob(DS_MODEL_STATES)):
+        raise UserError(f"--ckpt_path {path}: tag folder {tag_dir} with {DS_MODEL_STATES} not found; pass --tag NAME")
+    if not any(tag_dir.glob(DS_OPTIM_STATES)):
+        raise UserError(f"--ckpt_path {path}: no {DS_OPTIM_STATES} in {tag_dir} (they hold the fp32 weights); the checkpoint is incomplete")
+    if not _deepspeed_available():
+        raise UserError(f"--ckpt_path {path} is a DeepSpeed checkpoint; consolidating it needs the deepspeed package: {DS_INSTALL}") from None
+
+    model_files = sorted(tag_dir.glob(DS_MODEL_STATES))
+    rank0 = tag_dir / "mp_rank_00_model_states.pt"
+    if not rank0.is_file():
+        rank0 = tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank
+    if not rank0.is_file():
+        raise UserError(f"--ckpt_path {path}: no rank-0 model states among {', '.join(f.name for f in model_files)}")
+    client = _torch_load(rank0)
+    client["state_dict"] = _zero_to_fp32(path, tag)
+    stage = (client.get("ds_config") or {}).get("zero_optimization", {}).get("stage", "?")
+    shards = len(list(tag_dir.glob(DS_OPTIM_STATES)))
+    return client, f"DeepSpeed ZeRO-{stage} checkpoint ({shards} shard{'s' * (shards != 1)})"
+
+
+def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Run DeepSpeed's consolidation with weights-only loading; its progress prints are kept off the console."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            with _deepspeed_weights_only():
+                state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+    except Exception as err:  # DeepSpeed raises ValueError/FileNotFoundError/UnpicklingError with long texts
+        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if foreign:
+            raise UserError(f"--ckpt_path {path}: a DeepSpeed file in it holds a {foreign.group(1)} object, which magvit-pl does not "
+                            "allow when loading weights-only; refusing to unpickle it") from None
+        raise UserError(f"--ckpt_path {path}: DeepSpeed could not consolidate it ({type(err).__name__}: {_first_line(err)})") from None
+    return state_dict
+
+
+@contextlib.contextmanager
+def _deepspeed_weights_only() -> Iterator[None]:
+    """Make DeepSpeed's own ``torch.load(weights_only=False)`` calls weights-only, allow-listing its plain classes."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+def _read_fsdp_sharded(path: Path) -> tuple[dict[str, Any], str]:
+    """``meta.pt`` plus the ``model`` entry of the torch.distributed.checkpoint folder, read in this process."""
+    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    checkpoint = _torch_load(path / FSDP_META)
+    reader = FileSystemReader(str(path))
+    try:
+        metadata = reader.read_metadata()
+    except Exception as err:  # noqa: BLE001 - a truncated/foreign .metadata fails in several ways
+        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {_first_line(err)})") from None
+    planner_data = metadata.planner_data or {}
+    model: dict[str, torch.Tensor] = {}
+    not_tensors = []
+    for key, item in metadata.state_dict_metadata.items():
+        where = planner_data.get(key) or tuple(key.split(".", 1))
+        if not where or where[0] != "model":
+            continue  # optimizer_N: not needed for inference
+        name = ".".join(str(part) for part in where[1:])
+        if not isinstance(item, TensorStorageMetadata):
+            not_tensors.append(name)
+            continue
+        model[name] = torch.empty(item.size, dtype=item.properties.dtype)
+    if not_tensors:  # DCP would unpickle these with weights_only=False: refuse instead
+        raise UserError(f"--ckpt_path {path}: the model state holds non-tensor entries ({', '.join(not_tensors[:3])}); refusing to unpickle them")
+    if not model:
+        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} has no 'model' entry; not a Lightning FSDP checkpoint")
+    try:
+        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": intended
+            warnings.simplefilter("ignore", UserWarning)
+            load({"model": model}, storage_reader=reader, no_dist=True)
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - missing/truncated .distcp shards
+        if isinstance(err, CheckpointException) and err.failures:  # a BaseException wrapping each rank's error
+            err = next(iter(err.failures.values()))[0]
+        raise UserError(f"--ckpt_path {path}: reading its shards failed ({type(err).__name__}: {_first_line(err)})") from None
+    checkpoint["state_dict"] = model
+    shards = len(list(path.glob("*.distcp")))
+    return checkpoint, f"FSDP sharded checkpoint ({shards} shard{'s' * (shards != 1)})"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    from magvit_pl.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path}: expected a dict of checkpoint entries, found {type(checkpoint).__name__}")
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------------------ output
+def _inference_only(checkpoint: dict[str, Any], src: Path, label: str) -> dict[str, Any]:
+    meta = checkpoint.get("magvit")
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise UserError(f"--ckpt_path {src}: has no 'magvit' entry, so it was not written by magvit-pl's tokenizer or MTM module")
+    out = {key: checkpoint[key] for key in KEEP_KEYS if key in checkpoint}
+    out["state_dict"] = _clean_state_dict(checkpoint["state_dict"])
+    out["magvit"] = {**meta, "exported_from": label}
+    hparams = out.get("hyper_parameters")
+    if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in CLASS_PATHS:
+        out["hyper_parameters"] = {"_class_path": CLASS_PATHS[meta["kind"]], **hparams}
+    return out
+
+
+def _clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp32 floating tensors (shared tensors stay shared), no ``_forward_module.`` prefix (DeepSpeed, Lightning < 2.1)."""
+    prefix = "_forward_module."
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    converted: dict[int, torch.Tensor] = {}
+    out = {}
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and value.dtype != torch.float32:
+            value = converted.setdefault(id(value), value.float())
+        out[key] = value
+    return out
+
+
+def _count(state_dict: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Floating-point values and tensors of a state dict, each storage counted once (tied weights)."""
+    seen, values = set(), 0
+    for value in state_dict.values():
+        if torch.is_tensor(value) and value.is_floating_point():
+            ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if ident not in seen:
+                seen.add(ident)
+                values += value.numel()
+    return values, len(state_dict)
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GB"
