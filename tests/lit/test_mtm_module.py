@@ -43,6 +43,16 @@ def test_checkpoint_records_task_table_and_is_self_contained(mtm_run):
     assert any(n.startswith("samples_outpainting_central") and n.endswith(".mp4") for n in media)
 
 
+@pytest.mark.parametrize("asked", ["sdpa", "xformers", "math"])
+def test_the_run_log_says_which_attention_backend_ran(mtm_run, caplog, asked):
+    model = MTMModule.from_checkpoint(str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"))
+    model.hparams.attention_backend = asked
+    with caplog.at_level("INFO"):
+        model.on_fit_start()
+    ran = "sdpa" if asked == "xformers" else asked  # xformers needs CUDA: the CPU falls back to sdpa
+    assert f"attention backend: {ran} on cpu (asked for {asked})" in caplog.text
+
+
 def test_test_task_family_prints_table_and_writes_results(mtm_run, capsys):
     main(["test", "--task", "outpainting", "--runs_root", str(mtm_run), "--trainer.limit_test_batches", "1",
           "--trainer.enable_progress_bar", "false"])
