@@ -66,3 +66,20 @@ def tokenizer_run(data_args, tmp_path_factory) -> Path:
           "--trainer.enable_progress_bar", "false", *TINY_TOKENIZER, *data_args])
     os.environ.pop("MAGVIT_PL_RUN_DIR", None)
     return (runs / "tokenizer" / "latest").resolve()
+
+
+@pytest.fixture(scope="session")
+def fit_tiny_mtm(tokenizer_run, data_args):
+    """fit_tiny_mtm(runs_root) -> run dir: a 6-step tiny MTM (`fit --config configs/mtm.yaml`, shrunk) on the
+    session's tiny tokenizer, through the real CLI, validating at steps 3 and 6."""
+    from magvit_pl.cli import main
+
+    def fit(runs_root: Path) -> Path:
+        main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs_root),
+              "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
+              "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+              "--trainer.enable_progress_bar", "false", *TINY_MTM, *data_args])
+        os.environ.pop("MAGVIT_PL_RUN_DIR", None)
+        return (Path(runs_root) / "mtm" / "latest").resolve()
+
+    return fit

@@ -31,8 +31,6 @@ from magvit_pl.export import export
 from magvit_pl.lit.mtm import MTMModule
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
-            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
 DROPPED = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -127,15 +125,9 @@ if trainer.is_global_zero:
 
 # ------------------------------------------------------------------------------------------ helpers
 @pytest.fixture(scope="module")
-def mtm_run(tokenizer_run, data_args, tmp_path_factory) -> Path:
+def mtm_run(fit_tiny_mtm, tmp_path_factory) -> Path:
     """A 6-step tiny MTM trained through the CLI on the session's tiny tokenizer; returns its run dir."""
-    runs = tmp_path_factory.mktemp("export_mtm_runs")
-    main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs),
-          "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
-          "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-          "--trainer.enable_progress_bar", "false", *TINY_MTM, *data_args])
-    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
-    return (runs / "mtm" / "latest").resolve()
+    return fit_tiny_mtm(tmp_path_factory.mktemp("export_mtm_runs"))
 
 
 def run_script(tmp_path: Path, name: str, source: str, *args: str) -> str:

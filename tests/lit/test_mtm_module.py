@@ -17,13 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def mtm_run(tokenizer_run, data_args, tiny_mtm_args, tmp_path_factory) -> Path:
+def mtm_run(fit_tiny_mtm, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("mtm_runs")
-    main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs),
-          "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
-          "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-          "--trainer.enable_progress_bar", "false", *tiny_mtm_args, *data_args])
-    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
+    fit_tiny_mtm(runs)
     return runs
 
 
