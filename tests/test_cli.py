@@ -103,6 +103,32 @@ def test_every_hardware_yaml_composes_with_a_model_config(config):
     assert trainer["accelerator"] == yaml.safe_load(config.read_text())["trainer"]["accelerator"]
 
 
+def test_readme_scale_out_commands_parse():
+    """Every `cli.py fit` line of README's "Scaling up" block resolves to a full config (before any GPU is needed)."""
+    import io
+    import shlex
+    from contextlib import redirect_stdout
+
+    import yaml
+
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Scaling up"):text.index("### Exporting a checkpoint")]
+    block = block.replace("\\\n", " ")
+    commands = [line[line.index("cli.py fit") + len("cli.py fit"):] for line in block.splitlines() if "cli.py fit" in line]
+    assert len(commands) == 4
+    for command in commands:
+        args = [a for a in shlex.split(command) if "$" not in a]
+        buf = io.StringIO()
+        with pytest.raises(SystemExit) as exit_info, redirect_stdout(buf):
+            main(["fit", *args, "--print_config"])
+        assert exit_info.value.code == 0, command
+        out = "\n".join(line for line in buf.getvalue().splitlines() if not line.startswith("["))  # deepspeed's import chatter
+        trainer = yaml.safe_load(out)["trainer"]
+        assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-mixed"
+        if "num_nodes" in command:
+            assert trainer["num_nodes"] == 4 and str(trainer["devices"]) == "8"
+
+
 def test_console_script_entry_exits_zero_on_success():
     # the `magvit` script runs sys.exit(main()): main must return None, not a value
     code = "import sys; from magvit_pl.cli import main; sys.exit(main(['tasks']))"
