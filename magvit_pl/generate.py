@@ -11,13 +11,20 @@ from magvit_pl.errors import MissingFileError, UserError
 log = logging.getLogger(__name__)
 
 
-def load_clip(path: str, num_frames: int, resolution: int) -> torch.Tensor:
-    """The first ``num_frames`` frames of any PyAV-readable file, resized and centre-cropped: (1, 3, T, R, R) in [-1, 1]."""
+LOAD_TIMEOUT_S = 60.0  # give up on an --input that takes longer than this to decode
+
+
+def load_clip(path: str, num_frames: int, resolution: int, timeout_s: float | None = LOAD_TIMEOUT_S) -> torch.Tensor:
+    """The first ``num_frames`` frames of any PyAV-readable file, resized and centre-cropped: (1, 3, T, R, R) in [-1, 1].
+
+    Decodes only those frames (scaled while decoding) within ``timeout_s`` seconds; anything wrong with
+    the file (not a video, truncated, too large, too slow) is a one-line UserError naming it.
+    """
     from magvit_pl.data.video import center_crop, read_video, resize_short_side
 
     if not Path(path).is_file():
         raise MissingFileError(f"--input {path}: file not found")
-    frames = read_video(path, max_frames=num_frames, short_side=resolution)
+    frames = read_video(path, max_frames=num_frames, short_side=resolution, timeout_s=timeout_s)
     if frames.shape[0] < num_frames:
         raise UserError(f"--input {path}: has {frames.shape[0]} frames, the model needs {num_frames}")
     frames = center_crop(resize_short_side(frames, resolution), resolution)

@@ -5,13 +5,16 @@ while decoding so the short side is ``resolution``) -> check length -> encode th
 process groups results into shards in a fixed plan (files sorted per split, ``shard_size`` per
 shard), writes each shard atomically when all its files are done, and records it in
 ``.parts/NAME.json``. A re-run with the same settings skips every shard whose tar and record match
-the plan. Bad files (corrupt, truncated, empty, not a video, too short, too slow) are skipped and
-listed with the reason; nothing a file contains can crash the run, and a worker that hangs past the
-time limit is killed and replaced.
+the plan. Bad files (corrupt, truncated, empty, not a video, too short, too slow, frames too large)
+are skipped and listed with the reason; nothing a file contains can crash the run, and a worker that
+hangs past the time limit is killed and replaced. A write that fails (disk full) stops the run with
+one line; the shards finished before it stay valid and a re-run resumes from them.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,7 +30,7 @@ from typing import Any, Iterable, Iterator, Literal
 from magvit_pl.data.shards import FORMAT_VERSION, encode_sample, make_key, shard_name, umask_mode, write_shard
 from magvit_pl.data.video import VideoReadError, center_crop, probe, read_video
 from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import write_json
+from magvit_pl.io import atomic_open, write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".wmv", ".flv", ".3gp")
 SPLITS = ("train", "val", "test")
@@ -140,9 +143,11 @@ def prepare(
         if pool is not None:
             pool.close()
     manifest = _manifest(out, input, layout, settings, class_names, plan, done, time.perf_counter() - t_start)
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in class_names))  # tiny; rewritten each run
-    write_json(out / "manifest.json", manifest)
-    umask_mode(out / "manifest.json")
+    with _writing(out / "classes.txt"), atomic_open(out / "classes.txt", "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{c}\n" for c in class_names))
+    with _writing(out / "manifest.json"):
+        write_json(out / "manifest.json", manifest)
+        umask_mode(out / "manifest.json")
     summary = _summary(manifest, n_files, len(plan) - len(todo))
     if not quiet:
         _print_summary(summary, manifest)
@@ -426,6 +431,10 @@ class _Pool:
         self.procs = [self._start() for _ in range(workers)]
 
     def _start(self):
+        # Free cyclic garbage before forking: a PyAV object holding FFmpeg worker threads (e.g. an audio
+        # resampler's filter graph) that the child collected would wait forever for threads that exist
+        # only in the parent (tests/reliability/test_hostile_media.py reproduces it).
+        gc.collect()
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=_worker_loop, args=(child,), daemon=True)
         proc.start()
@@ -508,11 +517,23 @@ def _run_shards(todo: list[tuple[str, list[Item]]], job: dict, pool: "_Pool | No
             yield name, _finish_shard(out, parts_dir, name, srcs_of[name], results.pop(name), settings)
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, permissions) into one line; the atomic writers have already
+    removed their temporary file, and every shard finished before stays valid for a re-run."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}; the shards finished so far are kept and a "
+                        f"re-run resumes from them") from None
+
+
 def _finish_shard(out: Path, parts_dir: Path, name: str, items: list[Item], results: dict[int, dict],
                   settings: dict) -> dict:
     """Write the shard (ok samples in plan order) and its record; return the record."""
     ok = [results[i]["sample"] for i in range(len(items)) if results[i]["status"] == "ok"]
-    count, size = write_shard(out / name, ok) if ok else (0, 0)
+    with _writing(out / name):
+        count, size = write_shard(out / name, ok) if ok else (0, 0)
     sources = []
     for i, it in enumerate(items):
         r = results[i]
@@ -526,7 +547,8 @@ def _finish_shard(out: Path, parts_dir: Path, name: str, items: list[Item], resu
         sources.append(src)
     record = {"name": name, "count": count, "bytes": size, "settings": settings, "inputs": _fingerprint(items),
               "sources": sources}
-    write_json(parts_dir / f"{name}.json", record)
+    with _writing(parts_dir / f"{name}.json"):
+        write_json(parts_dir / f"{name}.json", record)
     return record
 
 

@@ -5,6 +5,21 @@ the bundled FFmpeg can decode is accepted (mp4, avi, mkv, webm, mpg, gif ...); g
 4:4:4 sources come out as 8-bit RGB. Every decode failure raises :class:`VideoReadError` with a short
 reason, so a caller (``prepare``) can skip the file and list why.
 
+Limits that keep a hostile file from exhausting memory or time (all raise VideoReadError):
+
+- frame size: at most ``MAX_PIXELS`` (8192 x 4320, "8K") per source frame, checked on the header
+  before anything is decoded and again by FFmpeg (``max_pixels``) for every frame; an aspect ratio
+  beyond ``MAX_ASPECT`` (16:1) is refused too (scaling a 4096x2 strip to a short side of 128 would
+  make 262144-pixel-wide frames). A 35-byte GIF can claim a 16000x16000 screen: without the check
+  FFmpeg allocates 1 GB for it.
+- decoded output: at most ``max_bytes`` (default ``MAX_BYTES``, 2 GiB) of frames per call; use
+  ``max_frames`` / a lower ``fps`` for longer videos.
+- time: ``timeout_s`` per call (also checked while a variable-frame-rate gap is filled with copies).
+
+Rotation metadata (an mp4 display matrix, as phones write for portrait video) is honoured for
+multiples of 90 degrees, like the ffmpeg command line does: the frames come out as they are shown.
+Other angles and flips are ignored.
+
 The array helpers (``resize_short_side``, ``center_crop``, ``random_crop``, ``sample_clip``) take a
 channel-last ``(..., H, W, C)`` numpy array or torch tensor and return the same type.
 """
@@ -30,6 +45,10 @@ if TYPE_CHECKING:
 
 Source = Union[str, os.PathLike, bytes]
 Frames = Union[np.ndarray, "torch.Tensor"]  # torch is imported only when a resize needs it
+
+MAX_PIXELS = 8192 * 4320  # largest source frame read_video decodes (8K DCI)
+MAX_ASPECT = 16  # largest long side / short side ratio
+MAX_BYTES = 2 << 30  # largest decoded output of one read_video call
 
 
 class VideoReadError(UserError):
@@ -89,6 +108,17 @@ def _video_stream(container: av.container.InputContainer, name: str) -> av.video
     return container.streams.video[0]
 
 
+def check_frame_size(name: str, height: int, width: int) -> None:
+    """Raise VideoReadError for frames beyond MAX_PIXELS or MAX_ASPECT (0 = unknown: not checked)."""
+    if height <= 0 or width <= 0:
+        return
+    if height * width > MAX_PIXELS:
+        raise VideoReadError(name, f"frame size {width}x{height} is above the limit of {MAX_PIXELS} pixels "
+                                   f"(8192x4320)")
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise VideoReadError(name, f"frame size {width}x{height}: aspect ratio beyond the limit of {MAX_ASPECT}:1")
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else 0.0
@@ -122,6 +152,7 @@ def read_video(
     timeout_s: float | None = 120.0,
     threads: int = 0,
     short_side: int | None = None,
+    max_bytes: int | None = MAX_BYTES,
 ) -> np.ndarray:
     """Decode a video into a uint8 array ``(T, H, W, 3)``.
 
@@ -137,6 +168,12 @@ def read_video(
         short_side: Scale each frame while decoding so its shorter side is this many pixels and the
             longer side keeps the aspect ratio, rounded to an even number (area filter when
             shrinking, bicubic when enlarging). Memory then never holds full-size frames.
+        max_bytes: Give up with a VideoReadError once the decoded frames would exceed this many
+            bytes (None: no limit).
+
+    Frames larger than MAX_PIXELS or with an aspect ratio beyond MAX_ASPECT are refused before
+    decoding (see the module docstring); a display-matrix rotation by a multiple of 90 degrees is
+    applied.
     """
     if fps is not None and fps <= 0:
         raise UserError(f"fps must be positive or None, got {fps}")
@@ -150,10 +187,13 @@ def read_video(
         raise
     try:
         stream = _video_stream(container, name)
+        cc = stream.codec_context
+        check_frame_size(name, cc.height, cc.width)  # before FFmpeg allocates anything frame-sized
+        cc.options = {"max_pixels": str(MAX_PIXELS)}  # and FFmpeg refuses bigger frames the header hid
         stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
+        cc.thread_count = threads
         frames, declared, decoded, at_end = _decode(container, stream, name, fps, max_frames, start, deadline,
-                                                    short_side)
+                                                    short_side, max_bytes)
     finally:
         container.close()
     if not frames:
@@ -185,7 +225,19 @@ def to_rgb(frame: av.VideoFrame, reformatter: VideoReformatter, short_side: int 
     return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
 
 
-def _decode(container, stream, name, fps, max_frames, start, deadline, short_side):
+def _rotation(frame: av.VideoFrame) -> int:
+    """Quarter turns (counter-clockwise, for np.rot90) that the frame's display matrix asks for;
+    0 when there is none or its angle is not a multiple of 90 degrees."""
+    try:
+        angle = float(frame.rotation)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return 0
+    if not np.isfinite(angle) or round(angle) % 90:
+        return 0
+    return (round(angle) // 90) % 4
+
+
+def _decode(container, stream, name, fps, max_frames, start, deadline, short_side, max_bytes):
     """The decode loop of read_video: returns (rgb frames, declared frame count, decoded count,
     whether the stream was read to its end)."""
     tb = stream.time_base or Fraction(1, 1)
@@ -198,7 +250,23 @@ def _decode(container, stream, name, fps, max_frames, start, deadline, short_sid
             pass  # not seekable: decode from the beginning and skip
     out: list[np.ndarray] = []
     reformatter = VideoReformatter()
-    rgb = lambda f: to_rgb(f, reformatter, short_side)  # noqa: E731
+    nbytes = 0
+
+    def rgb(frame: av.VideoFrame) -> np.ndarray:
+        nonlocal nbytes
+        if deadline is not None and time.monotonic() > deadline:
+            raise VideoReadError(name, "timed out while decoding")
+        check_frame_size(name, frame.height, frame.width)
+        arr = to_rgb(frame, reformatter, short_side)
+        turns = _rotation(frame)
+        if turns:
+            arr = np.ascontiguousarray(np.rot90(arr, turns))
+        nbytes += arr.nbytes
+        if max_bytes is not None and nbytes > max_bytes:
+            raise VideoReadError(name, f"too long: the decoded frames pass {max_bytes / 2**20:.0f} MiB after "
+                                       f"{len(out)} frames; limit them with max_frames / fps")
+        return arr
+
     decoded = 0
     prev = None  # (time, frame) of the last decoded frame
     next_k = 0  # index of the next target time when resampling

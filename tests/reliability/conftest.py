@@ -1,0 +1,191 @@
+"""Fixtures for the reliability tests: hostile media files made with PyAV (or by hand) in a few
+milliseconds each, and a way to make the disk "fill up" in the middle of a write."""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import av
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _pattern(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Moving colour gradients, uint8 (T, H, W, 3), every frame different."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width, 1)
+    frames = []
+    for t in range(num_frames):
+        r = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.05 * t) + rng.uniform(0, 0.01))
+        g = 0.5 + 0.4 * np.cos(2 * np.pi * (yy - 0.03 * t))
+        b = np.full_like(xx, (t % 10) / 10)
+        frames.append(np.stack([r, g, b], -1))
+    return np.round(np.stack(frames) * 255).astype(np.uint8)
+
+
+def _write(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv444p", fps: float = 25,
+           pts_ms: list[int] | None = None, fmt: str | None = None, faststart: bool = False) -> Path:
+    """Encode ``frames`` with any codec / pixel format; ``pts_ms``: each frame's time in ms (VFR);
+    ``faststart``: mp4 index first, so a cut file still opens and decodes up to the cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=fmt, options={"movflags": "faststart"} if faststart else None) as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast"}
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)
+            vf.pts = pts_ms[i] if pts_ms is not None else i
+            if pts_ms is not None:
+                vf.time_base = Fraction(1, 1000)
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _gif_header_only(width: int, height: int) -> bytes:
+    """A valid 35-byte GIF whose logical screen is ``width x height`` but whose one image is
+    1x1: FFmpeg's GIF decoder allocates the whole screen (16000² BGRA = 1 GB) for it."""
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"  # 2-colour palette
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # 1x1, LZW data
+    return b"GIF89a" + screen + image + b"\x3b"
+
+
+def _rotate_like_a_phone(path: Path) -> None:
+    """Set the mp4 track matrix (tkhd) to the one a phone writes for portrait video: display the
+    stored frames rotated 90 degrees clockwise (ffprobe: 'rotation of -90.00 degrees')."""
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd") - 4
+    assert box >= 0 and data[box + 8] == 0  # version-0 tkhd: the matrix sits at bytes 48..84 of the box
+    data[box + 48 : box + 84] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+
+
+#: hostile (and merely unusual) inputs: name -> file name on disk
+HOSTILE = {
+    "truncated": "truncated.mp4",  # 60 frames cut in half
+    "zero_length": "zero_length.mp4",
+    "text_named_mp4": "text_named.mp4",
+    "mp4_named_gif": "mp4_named.gif",  # FFmpeg probes the content, not the name
+    "gif_header_16000": "screen_16000.gif",  # header claims 16000x16000 (valid GIF, 1x1 image)
+    "y4m_header_20000_named_mp4": "y4m_20000.mp4",  # raw YUV4MPEG header claiming 20000x20000
+    "real_4000x3000": "big_4000x3000.mp4",  # one real 12-megapixel frame
+    "aspect_4096x2": "strip_4096x2.mkv",  # upscaling a 2-pixel-high strip would make huge frames
+    "one_by_one": "one_by_one.mp4",
+    "ten_bit": "ten_bit.mp4",  # H.264 High 10, yuv420p10le
+    "vfr": "vfr.mp4",
+    "rotated": "rotated.mp4",  # phone portrait: rotate 90 degrees clockwise on display
+    "audio_only": "audio_only.mp4",
+    "long_cut_tail": "long_cut_tail.mp4",  # 400 frames; the second half is cut off
+    "ten_hours": "ten_hours.mp4",  # 9 frames at 25 fps, then one at 10 h (a 10-hour file)
+}
+
+
+def make_hostile(kind: str, folder: Path) -> Path:
+    """Write the file for ``kind`` (a key of HOSTILE) into ``folder`` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / HOSTILE[kind]
+    if kind == "truncated":
+        data = _write(folder / "_t.mp4", _pattern(60, 32, 32, seed=1)).read_bytes()
+        (folder / "_t.mp4").unlink()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "zero_length":
+        path.write_bytes(b"")
+    elif kind == "text_named_mp4":
+        path.write_text("not a video, just some text\n" * 40)
+    elif kind == "mp4_named_gif":
+        _write(path, _pattern(12, 32, 48, seed=2), fmt="mp4")
+    elif kind == "gif_header_16000":
+        path.write_bytes(_gif_header_only(16000, 16000))
+    elif kind == "y4m_header_20000_named_mp4":
+        path.write_bytes(b"YUV4MPEG2 W20000 H20000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * 4096)
+    elif kind == "real_4000x3000":
+        _write(path, np.full((1, 3000, 4000, 3), 90, np.uint8), pix_fmt="yuv420p")
+    elif kind == "aspect_4096x2":
+        _write(path, _pattern(12, 2, 4096, seed=3), codec="ffv1", pix_fmt="yuv444p")
+    elif kind == "one_by_one":
+        _write(path, np.full((12, 1, 1, 3), (200, 40, 90), np.uint8))
+    elif kind == "ten_bit":
+        try:
+            _write(path, _pattern(12, 32, 48, seed=4), pix_fmt="yuv420p10le")
+        except av.error.FFmpegError as err:  # an 8-bit-only libx264 build
+            pytest.skip(f"this PyAV build cannot encode 10-bit H.264: {err}")
+    elif kind == "vfr":
+        _write(path, _pattern(12, 32, 48, seed=5), pts_ms=[i * 40 + (i % 3) * 13 for i in range(12)])
+    elif kind == "rotated":
+        frames = np.zeros((12, 32, 48, 3), np.uint8)
+        frames[:, :8, :8] = 255  # a white block in the stored top-left corner
+        _write(path, frames)
+        _rotate_like_a_phone(path)
+    elif kind == "audio_only":
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("aac", rate=8000)
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    elif kind == "long_cut_tail":
+        data = _write(folder / "_l.mp4", _pattern(400, 16, 16, seed=6), faststart=True).read_bytes()
+        (folder / "_l.mp4").unlink()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "ten_hours":
+        _write(path, _pattern(10, 16, 16, seed=7), pts_ms=[i * 40 for i in range(9)] + [36_000_000])
+    else:
+        raise KeyError(kind)
+    return path
+
+
+@pytest.fixture
+def hostile() -> Callable[[str, Path], Path]:
+    """``hostile(kind, folder) -> path``: write one hostile file (kinds: the keys of HOSTILE)."""
+    return make_hostile
+
+
+@pytest.fixture
+def hostile_kinds() -> dict[str, str]:
+    return dict(HOSTILE)
+
+
+@pytest.fixture
+def pattern() -> Callable[..., np.ndarray]:
+    return _pattern
+
+
+@pytest.fixture
+def write_clip() -> Callable[..., Path]:
+    """``write_clip(path, frames, codec='libx264', pix_fmt='yuv444p', fps=25, pts_ms=None, fmt=None, faststart=False)``."""
+    return _write
+
+
+@contextlib.contextmanager
+def _file_size_limit(nbytes: int) -> Iterator[None]:
+    """Make the kernel refuse (EFBIG) every write that would grow a file of this process past
+    ``nbytes`` (RLIMIT_FSIZE): a real mid-write failure, whatever code does the writing."""
+    import resource
+    import signal
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # default action kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@pytest.fixture
+def file_size_limit():
+    """``with file_size_limit(n):`` writes past n bytes fail with OSError(EFBIG) (Linux/macOS only)."""
+    if not sys.platform.startswith(("linux", "darwin")):
+        pytest.skip("RLIMIT_FSIZE is POSIX-only")
+    return _file_size_limit
