@@ -104,11 +104,15 @@ def _reset_rss_high_water_mark() -> bool:
 
 
 def _allocator_peak_bytes(prof) -> int | None:
-    """Peak of torch's CPU allocator total during a ``profile_memory`` session, above its start."""
-    from torch._C._profiler import _EventType
+    """Peak of torch's CPU allocator total during a ``profile_memory`` session, above its start
+    (None when this torch's profiler does not expose its allocation events: a private API)."""
+    try:
+        from torch._C._profiler import _EventType
 
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    except (ImportError, AttributeError):
+        return None
     events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
