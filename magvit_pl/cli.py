@@ -134,6 +134,9 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    from magvit_pl.ckpt_io import AtomicCheckpointIO
     from magvit_pl.lit.common import LossCurves
     from magvit_pl.lit.resume import ResumeState, run_checkpoint
 
@@ -208,6 +211,10 @@ def _make_cli_class():
             if not any(isinstance(c, LossCurves) for c in callbacks):
                 callbacks.append(LossCurves())
             kwargs["callbacks"] = callbacks
+            plugins = trainer_cfg.get("plugins")
+            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
+            if not any(isinstance(p, CheckpointIO) for p in plugins):  # crash-safe saves, weights-only loads
+                kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
             return super().instantiate_trainer(**kwargs)
 
     return MagvitCLI
