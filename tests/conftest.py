@@ -3,8 +3,11 @@ trained tokenizer checkpoint, both made once per session in a temporary folder."
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -83,3 +86,53 @@ def fit_tiny_mtm(tokenizer_run, data_args):
         return (Path(runs_root) / "mtm" / "latest").resolve()
 
     return fit
+
+
+# ------------------------------------------------------------------ tiny videos written with PyAV
+def pattern(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth moving colour gradients, uint8 (T, H, W, 3): easy to compress, every frame different."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    out = []
+    for t in range(num_frames):
+        r = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.05 * t) + rng.uniform(0, 0.01))
+        g = 0.5 + 0.4 * np.cos(2 * np.pi * (yy - 0.03 * t))
+        b = np.full_like(xx, (t % 10) / 10)
+        out.append(np.stack([r, g, b], -1))
+    return np.round(np.stack(out) * 255).astype(np.uint8)
+
+
+def write_raw(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "libx264", pix_fmt: str = "yuv420p",
+              pts_ms: list[int] | None = None, options: dict | None = None, fmt: str | None = None,
+              faststart: bool = False) -> Path:
+    """Write ``frames`` (uint8 T,H,W,3) with any codec/pixel format; ``pts_ms`` gives each frame's
+    time in milliseconds (variable frame rate); ``fmt`` forces the container whatever the name;
+    ``faststart`` puts the mp4 index first, so a cut file still opens and decodes up to the cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=fmt, options={"movflags": "faststart"} if faststart else None) as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if options:
+            stream.options = options
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)
+            vf.pts = pts_ms[i] if pts_ms is not None else i
+            if pts_ms is not None:
+                vf.time_base = Fraction(1, 1000)
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(name="pattern")
+def pattern_fixture():
+    """The ``pattern(num_frames, height, width, seed=0)`` helper (tests import no conftest module)."""
+    return pattern
+
+
+@pytest.fixture(name="write_raw")
+def write_raw_fixture():
+    """The ``write_raw(path, frames, fps, codec, pix_fmt, pts_ms, options, fmt, faststart)`` helper."""
+    return write_raw

@@ -3,11 +3,8 @@ the real clips in ../shared/data/clips (skipped when absent), and broken files."
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -15,50 +12,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 CLIPS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "clips"
 
 
-def pattern(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth moving colour gradients, uint8 (T, H, W, 3): easy to compress, every frame different."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
-    out = []
-    for t in range(num_frames):
-        r = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.05 * t) + rng.uniform(0, 0.01))
-        g = 0.5 + 0.4 * np.cos(2 * np.pi * (yy - 0.03 * t))
-        b = np.full_like(xx, (t % 10) / 10)
-        out.append(np.stack([r, g, b], -1))
-    return np.round(np.stack(out) * 255).astype(np.uint8)
-
-
-def write_raw(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "libx264", pix_fmt: str = "yuv420p",
-              pts_ms: list[int] | None = None, options: dict | None = None) -> Path:
-    """Write ``frames`` (uint8 T,H,W,3) with any codec/pixel format; ``pts_ms`` gives each frame's
-    time in milliseconds (variable frame rate)."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        if options:
-            stream.options = options
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)
-            vf.pts = pts_ms[i] if pts_ms is not None else i
-            if pts_ms is not None:
-                vf.time_base = Fraction(1, 1000)
-            out.mux(stream.encode(vf))
-        out.mux(stream.encode(None))
-    return path
-
-
-@pytest.fixture(name="pattern")
-def pattern_fixture():
-    """The ``pattern(num_frames, height, width, seed=0)`` helper (tests import no conftest module)."""
-    return pattern
-
-
-@pytest.fixture(name="write_raw")
-def write_raw_fixture():
-    """The ``write_raw(path, frames, fps, codec, pix_fmt, pts_ms, options)`` helper."""
-    return write_raw
 
 
 @pytest.fixture
@@ -69,7 +22,7 @@ def clips_dir() -> Path:
 
 
 @pytest.fixture
-def broken_files(tmp_path):
+def broken_files(tmp_path, pattern, write_raw):
     """Make the broken inputs prepare must skip; returns {name: (path, words expected in the reason)}."""
 
     def make(folder: Path) -> dict[str, tuple[Path, str]]:

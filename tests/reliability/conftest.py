@@ -6,7 +6,6 @@ import contextlib
 import os
 import struct
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,41 +14,6 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def _pattern(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Moving colour gradients, uint8 (T, H, W, 3), every frame different."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width] / max(height, width, 1)
-    frames = []
-    for t in range(num_frames):
-        r = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.05 * t) + rng.uniform(0, 0.01))
-        g = 0.5 + 0.4 * np.cos(2 * np.pi * (yy - 0.03 * t))
-        b = np.full_like(xx, (t % 10) / 10)
-        frames.append(np.stack([r, g, b], -1))
-    return np.round(np.stack(frames) * 255).astype(np.uint8)
-
-
-def _write(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv444p", fps: float = 25,
-           pts_ms: list[int] | None = None, fmt: str | None = None, faststart: bool = False) -> Path:
-    """Encode ``frames`` with any codec / pixel format; ``pts_ms``: each frame's time in ms (VFR);
-    ``faststart``: mp4 index first, so a cut file still opens and decodes up to the cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=fmt, options={"movflags": "faststart"} if faststart else None) as out:
-        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        if codec == "libx264":
-            stream.options = {"preset": "ultrafast"}
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)
-            vf.pts = pts_ms[i] if pts_ms is not None else i
-            if pts_ms is not None:
-                vf.time_base = Fraction(1, 1000)
-            out.mux(stream.encode(vf))
-        out.mux(stream.encode(None))
-    return path
 
 
 def _gif_header_only(width: int, height: int) -> bytes:
@@ -90,8 +54,9 @@ HOSTILE = {
 }
 
 
-def make_hostile(kind: str, folder: Path) -> Path:
-    """Write the file for ``kind`` (a key of HOSTILE) into ``folder`` and return its path."""
+def make_hostile(kind: str, folder: Path, _pattern: Callable[..., np.ndarray], _write: Callable[..., Path]) -> Path:
+    """Write the file for ``kind`` (a key of HOSTILE) into ``folder`` and return its path (``_pattern`` and
+    ``_write``: the root conftest's ``pattern`` and this folder's ``write_clip``)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / HOSTILE[kind]
     if kind == "truncated":
@@ -145,9 +110,9 @@ def make_hostile(kind: str, folder: Path) -> Path:
 
 
 @pytest.fixture
-def hostile() -> Callable[[str, Path], Path]:
+def hostile(pattern, write_clip) -> Callable[[str, Path], Path]:
     """``hostile(kind, folder) -> path``: write one hostile file (kinds: the keys of HOSTILE)."""
-    return make_hostile
+    return lambda kind, folder: make_hostile(kind, folder, pattern, write_clip)
 
 
 @pytest.fixture
@@ -156,14 +121,15 @@ def hostile_kinds() -> dict[str, str]:
 
 
 @pytest.fixture
-def pattern() -> Callable[..., np.ndarray]:
-    return _pattern
+def write_clip(write_raw) -> Callable[..., Path]:
+    """``write_clip(path, frames, codec='libx264', pix_fmt='yuv444p', fps=25, pts_ms=None, fmt=None, faststart=False)``:
+    the root ``write_raw`` with 4:4:4 chroma and x264's fastest preset by default."""
 
+    def write(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv444p", **kwargs) -> Path:
+        options = {"preset": "ultrafast"} if codec == "libx264" else None
+        return write_raw(path, frames, codec=codec, pix_fmt=pix_fmt, options=options, **kwargs)
 
-@pytest.fixture
-def write_clip() -> Callable[..., Path]:
-    """``write_clip(path, frames, codec='libx264', pix_fmt='yuv444p', fps=25, pts_ms=None, fmt=None, faststart=False)``."""
-    return _write
+    return write
 
 
 @contextlib.contextmanager
