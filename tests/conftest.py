@@ -25,6 +25,14 @@ TINY_TOKENIZER = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_run_dir_env(monkeypatch):
+    """A fit in this process sets MAGVIT_PL_RUN_DIR (for DDP children); never let it leak into the next test."""
+    monkeypatch.delenv("MAGVIT_PL_RUN_DIR", raising=False)
+    yield
+    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
+
+
 TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
             "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
 
