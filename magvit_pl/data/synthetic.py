@@ -26,7 +26,7 @@ import numpy as np
 from magvit_pl.data.shards import (FORMAT_VERSION, StorageFormat, encode_sample, make_key, shard_name, umask_mode,
                                    write_shard)
 from magvit_pl.errors import UserError
-from magvit_pl.io import write_json
+from magvit_pl.io import atomic_open, write_json
 
 CLASSES = ("circle_bounce", "square_spin", "triangle_orbit", "star_pulse",
            "ring_wave", "cross_diagonal", "diamond_zoom", "bars_sway")
@@ -333,7 +333,8 @@ def _write_dataset(out: Path, p: dict, workers: int | None) -> None:
                                 "bytes": (out / shard_name(split, index)).stat().st_size})
         entry["count"] += count
         entry["frames"] += count * p["num_frames"]
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
+    with atomic_open(out / "classes.txt", "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{c}\n" for c in CLASSES))
     write_json(out / "manifest.json", {
         "format_version": FORMAT_VERSION,
         "name": out.name,
