@@ -162,6 +162,8 @@ def _make_cli_class():
 
             cfg = self.config[self.subcommand]
             check_trainer_config(cfg.trainer, cfg.model.get("class_path") if cfg.get("model") else None, self.subcommand)
+            if cfg.get("save_every_n_steps", 0) < 0:
+                raise UserError(f"--save_every_n_steps {cfg.save_every_n_steps}: must be >= 0 (0 = only after validation)")
             kind = _run_kind(cfg.model.get("class_path") if cfg.get("model") else None)
             root = Path(cfg.runs_root) / kind
             run_dir = os.environ.get(RUN_DIR_ENV) or cfg.run_dir
@@ -201,8 +203,6 @@ def _make_cli_class():
             callbacks = list(trainer_cfg.get("callbacks") or [])
             if trainer_cfg.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
                 every = self._get(self.config, "save_every_n_steps", default=200)
-                if every < 0:
-                    raise UserError(f"--save_every_n_steps {every}: must be >= 0 (0 = only after validation)")
                 callbacks.append(run_checkpoint(str(self.run_dir / "checkpoints"), every))
             if not any(isinstance(c, ResumeState) for c in callbacks):
                 callbacks.append(ResumeState())

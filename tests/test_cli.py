@@ -35,6 +35,7 @@ def test_help_lists_every_command(capsys):
         (["fit", "--config", "configs/tokenizer.yaml", "--trainer.max_steps", "many"], "max_steps"),
         (["fit", "--config", "configs/tokenizer.yaml", "--model.init_args.lr", "fast"], "lr"),
         (["fit", "--config", "configs/tokenizer.yaml", "--no_such_option", "1"], "--no_such_option"),
+        (["fit", "--config", "configs/tokenizer.yaml", "--save_every_n_steps", "-1"], "--save_every_n_steps -1"),
         (["prepare", "--input", "/no/such/videos", "--output", "/tmp/x"], "/no/such/videos"),
         (["prepare", "--input", ".", "--output", "/tmp/x", "--layout", "zip"], "layout"),
         (["fetch-weights", "alexnet"], "alexnet"),
