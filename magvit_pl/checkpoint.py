@@ -7,9 +7,11 @@ read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -17,6 +19,25 @@ from magvit_pl.errors import MissingFileError, UserError
 from magvit_pl.models.config import build_from_config
 
 TOKENIZER_PREFIX = "ema_tokenizer."
+
+
+@contextlib.contextmanager
+def checkpoint_read_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn what ``torch.load`` raises for a bad file into one-line errors naming ``path``: missing,
+    foreign objects (refused by ``weights_only``; the refused global is named), truncated or corrupt,
+    or not a torch file at all. Shared by :func:`load_checkpoint` and the CLI's checkpoint plugin."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise MissingFileError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError as err:
+        refused = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln), "UnpicklingError")
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load it ({refused})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # a zip cut near its end: "negative seek value"
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first})") from None
+    except Exception as err:  # e.g. a text file: the legacy reader fails on its "magic number"
+        raise UserError(f"checkpoint {path} is not a torch checkpoint; refusing to load it ({type(err).__name__})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -27,12 +48,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                         f"python cli.py export --ckpt_path {path} --output FILE")
     if not path.is_file():
         raise MissingFileError(f"checkpoint not found: {path}")
-    try:
+    with checkpoint_read_errors(path):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
-    except Exception as err:  # pickle.UnpicklingError from weights_only for foreign objects
-        raise UserError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load it ({type(err).__name__})") from None
 
 
 def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Module:

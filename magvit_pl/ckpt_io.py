@@ -24,7 +24,6 @@ Use: ``Trainer(plugins=[AtomicCheckpointIO()])``.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,7 +34,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from magvit_pl.errors import UserError
+from magvit_pl.checkpoint import checkpoint_read_errors
 
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".partial"
 
@@ -57,14 +56,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         if weights_only is None:
             weights_only = True
-        try:
+        with checkpoint_read_errors(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except pickle.UnpicklingError as err:
-            found = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln]  # torch names the refused global
-            raise UserError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load "
-                            f"it ({found[0] if found else 'UnpicklingError'})") from None
-        except (RuntimeError, EOFError, ValueError) as err:  # a zip cut near its end fails with "negative seek value"
-            raise UserError(f"checkpoint {path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
 
 
 def save_atomically(obj: Any, path: str | os.PathLike) -> Path:

@@ -116,10 +116,8 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
 
 # ----------------------------------------------------------------------------------------- readers
 def _read_lightning_file(path: Path) -> dict[str, Any]:
-    from magvit_pl.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    checkpoint = _torch_load(path)
+    if "state_dict" not in checkpoint:
         raise UserError(f"--ckpt_path {path}: holds no Lightning 'state_dict'; expected {ACCEPTED}")
     return checkpoint
 

@@ -66,15 +66,16 @@ def test_tasks_lists_the_ten_builtins(capsys):
         assert name in out
 
 
-def print_config(*configs: Path) -> str:
+def print_config(*configs: Path, args: list[str] = ()) -> str:
+    """The resolved config of ``fit --config C... ARGS --print_config`` (without import chatter such as deepspeed's)."""
     import io
     from contextlib import redirect_stdout
 
     buf = io.StringIO()
     with pytest.raises(SystemExit) as exit_info, redirect_stdout(buf):
-        main(["fit", *[a for c in configs for a in ("--config", str(c))], "--print_config"])
-    assert exit_info.value.code == 0
-    return buf.getvalue()
+        main(["fit", *[a for c in configs for a in ("--config", str(c))], *args, "--print_config"])
+    assert exit_info.value.code == 0, args
+    return "\n".join(line for line in buf.getvalue().splitlines() if not line.startswith("["))
 
 
 def test_configs_are_found():
@@ -106,9 +107,7 @@ def test_every_hardware_yaml_composes_with_a_model_config(config):
 
 def test_readme_scale_out_commands_parse():
     """Every `cli.py fit` line of README's "Scaling up" block resolves to a full config (before any GPU is needed)."""
-    import io
     import shlex
-    from contextlib import redirect_stdout
 
     import yaml
 
@@ -118,12 +117,7 @@ def test_readme_scale_out_commands_parse():
     commands = [line[line.index("cli.py fit") + len("cli.py fit"):] for line in block.splitlines() if "cli.py fit" in line]
     assert len(commands) == 4
     for command in commands:
-        args = [a for a in shlex.split(command) if "$" not in a]
-        buf = io.StringIO()
-        with pytest.raises(SystemExit) as exit_info, redirect_stdout(buf):
-            main(["fit", *args, "--print_config"])
-        assert exit_info.value.code == 0, command
-        out = "\n".join(line for line in buf.getvalue().splitlines() if not line.startswith("["))  # deepspeed's import chatter
+        out = print_config(args=[a for a in shlex.split(command) if "$" not in a])
         trainer = yaml.safe_load(out)["trainer"]
         assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-mixed"
         if "num_nodes" in command:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _gif_header_only(width: int, height: int) -> bytes:
@@ -155,3 +157,31 @@ def file_size_limit():
     if not sys.platform.startswith(("linux", "darwin")):
         pytest.skip("RLIMIT_FSIZE is POSIX-only")
     return _file_size_limit
+
+
+class FaultFit:
+    """Runs ``cli.py fit`` in a subprocess (so it can be SIGKILLed or crash for real), with fault-injecting
+    callbacks written as a module into ``folder`` and added through a YAML config."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
+                    "OMP_NUM_THREADS": "1"}
+        self.env.pop("MAGVIT_PL_RUN_DIR", None)
+
+    def callback(self, module: str, source: str, class_name: str, **init_args) -> Path:
+        """Write ``source`` as ``module.py``; return a YAML that adds ``module.class_name(**init_args)`` to the trainer."""
+        (self.folder / f"{module}.py").write_text(source)
+        args = "".join(f"        {k}: {v}\n" for k, v in init_args.items())
+        path = self.folder / f"{module}.yaml"
+        path.write_text(f"trainer:\n  callbacks:\n    - class_path: {module}.{class_name}\n      init_args:\n{args}")
+        return path
+
+    def run(self, runs: Path, args: list[str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(REPO / "cli.py"), "fit", *args, "--runs_root", str(runs)]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=self.env, timeout=240)
+
+
+@pytest.fixture
+def fault_fit(tmp_path) -> FaultFit:
+    return FaultFit(tmp_path)

@@ -2,9 +2,6 @@
 checkpoint stays intact and finite."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,18 +24,14 @@ POISON = textwrap.dedent('''
 ''')
 
 
-def test_nan_stops_the_run_naming_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path, tiny_tokenizer_args, data_args):
+def test_nan_stops_the_run_naming_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path, fault_fit, tiny_tokenizer_args, data_args):
     from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
 
-    (tmp_path / "poison.py").write_text(POISON)
-    (tmp_path / "poison.yaml").write_text("trainer:\n  callbacks:\n    - class_path: poison.PoisonAt\n      init_args:\n        step: 3\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    env.pop("MAGVIT_PL_RUN_DIR", None)
-    cmd = [sys.executable, str(REPO / "cli.py"), "fit", "--config", str(REPO / "configs" / "tokenizer.yaml"), *tiny_tokenizer_args, *data_args,
-           "--config", str(tmp_path / "poison.yaml"), "--runs_root", str(tmp_path / "runs"), "--trainer.max_steps", "20",
-           "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", "--save_every_n_steps", "2",
-           "--model.init_args.max_consecutive_nonfinite", "3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    poison = fault_fit.callback("poison", POISON, "PoisonAt", step=3)
+    result = fault_fit.run(tmp_path / "runs", [
+        "--config", str(REPO / "configs" / "tokenizer.yaml"), *tiny_tokenizer_args, *data_args, "--config", str(poison),
+        "--trainer.max_steps", "20", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--save_every_n_steps", "2", "--model.init_args.max_consecutive_nonfinite", "3"])
 
     assert result.returncode == 3, result.stderr[-2000:]
     last_line = result.stderr.strip().splitlines()[-1]

@@ -3,9 +3,6 @@ losses equal those of an uninterrupted run (CPU, same seed)."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -28,11 +25,6 @@ KILLER = textwrap.dedent('''
 ''')
 
 
-def _fit(runs: Path, args: list[str], env: dict, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "cli.py"), "fit", *args, "--runs_root", str(runs), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
-
-
 def _losses(run_dir: Path) -> dict[int, list[float]]:
     """step -> every train/loss value logged for it (a replayed step appears twice)."""
     out: dict[int, list[float]] = {}
@@ -43,23 +35,20 @@ def _losses(run_dir: Path) -> dict[int, list[float]]:
     return out
 
 
-def _kill_and_resume(tmp_path: Path, kind: str, args: list[str], kill_at: int, every: int):
+def _kill_and_resume(fault_fit, tmp_path: Path, kind: str, args: list[str], kill_at: int, every: int):
     """Uninterrupted run vs killed-at-``kill_at``-then-resumed run; returns both loss tables."""
-    (tmp_path / "killer.py").write_text(KILLER)
-    (tmp_path / "kill.yaml").write_text(f"trainer:\n  callbacks:\n    - class_path: killer.KillAt\n      init_args:\n        step: {kill_at}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    env.pop("MAGVIT_PL_RUN_DIR", None)
+    kill = fault_fit.callback("killer", KILLER, "KillAt", step=kill_at)
     common = [*args, "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
               "--trainer.enable_progress_bar", "false", "--save_every_n_steps", str(every)]
 
-    full = _fit(tmp_path / "full", common, env)
+    full = fault_fit.run(tmp_path / "full", common)
     assert full.returncode == 0, full.stderr[-3000:]
-    killed = _fit(tmp_path / "crash", common, env, ["--config", str(tmp_path / "kill.yaml")])
+    killed = fault_fit.run(tmp_path / "crash", [*common, "--config", str(kill)])
     assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-2000:]}"
     run = (tmp_path / "crash" / kind / "latest").resolve()
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
-    resumed = _fit(tmp_path / "crash", common, env, ["--ckpt_path", "last"])
+    resumed = fault_fit.run(tmp_path / "crash", [*common, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (tmp_path / "crash" / kind / "latest").resolve() == run  # resumed in place
     return _losses((tmp_path / "full" / kind / "latest").resolve()), _losses(run)
@@ -74,22 +63,22 @@ def _assert_same(full: dict[int, list[float]], resumed: dict[int, list[float]], 
             assert value == pytest.approx(full[step][0], rel=0, abs=1e-6), (step, value, full[step])
 
 
-def test_tokenizer_resume_matches_uninterrupted(tmp_path, tiny_tokenizer_args, data_args):
+def test_tokenizer_resume_matches_uninterrupted(tmp_path, fault_fit, tiny_tokenizer_args, data_args):
     # 4 batches per epoch; checkpoints every 4 steps and after validation (every 3); killed after 5 steps:
     # resumes from the checkpoint at the end of epoch 0 (4 steps) and replays step 5.
     args = ["--config", str(REPO / "configs" / "tokenizer.yaml"), *tiny_tokenizer_args, *data_args,
             "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--model.init_args.val_fvd", "false"]
-    full, resumed = _kill_and_resume(tmp_path, "tokenizer", args, kill_at=5, every=4)
+    full, resumed = _kill_and_resume(fault_fit, tmp_path, "tokenizer", args, kill_at=5, every=4)
     _assert_same(full, resumed, first_replayed=4)
 
 
-def test_mtm_resume_matches_uninterrupted(tmp_path, tokenizer_run, tiny_mtm_args, data_args):
+def test_mtm_resume_matches_uninterrupted(tmp_path, fault_fit, tokenizer_run, tiny_mtm_args, data_args):
     # checkpoints every 3 steps and after validation (every 4); killed after 7 steps: resumes mid-epoch from
     # step 6 (batch 2 of 4), so the data stream, the task cycle, dropout and the mask draws must all continue.
     args = ["--config", str(REPO / "configs" / "mtm.yaml"), *tiny_mtm_args, *data_args,
             "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
             "--model.init_args.dropout", "0.1", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1"]
-    full, resumed = _kill_and_resume(tmp_path, "mtm", args, kill_at=7, every=3)
+    full, resumed = _kill_and_resume(fault_fit, tmp_path, "mtm", args, kill_at=7, every=3)
     _assert_same(full, resumed, first_replayed=6)
 
 
