@@ -1,0 +1,166 @@
+"""Reconstruction quality of tokenizer checkpoints on real videos, next to the no-learning baseline.
+
+For every ``--ckpt`` (several compare side by side in one run) and the pooled baseline at the same
+latent grid (average-pool by the tokenizer's downsampling, trilinear upsampling back: see
+``magvit_pl.metrics.reconstruction``), reports PSNR, SSIM, LPIPS and reconstruction FVD (clips of at
+least 9 frames, I3D weights fetched) on:
+
+* ``--videos DIR``: a folder of videos (any format PyAV reads): ``--clips_per_video`` evenly spaced
+  clips of ``--num_frames`` frames from each, short side resized to ``--resolution``, centre-cropped;
+* ``--shards DIR``: a prepared shard folder (``cli.py prepare`` or the embedded synthetic set), its
+  ``--split`` read as validation reads it (the centred clip of every video).
+
+Prints one JSON line and a table; ``--grid PNG`` also writes the first clips' middle frames as
+original / baseline / each checkpoint rows, to look at.
+
+    python benchmarks/reconstruction.py --ckpt runs/tokenizer/latest/checkpoints/last.ckpt --videos ../shared/data/clips
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
+from magvit_pl.errors import UserError
+from magvit_pl.metrics.reconstruction import ReconstructionMetrics, pooled_baseline
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
+
+
+def video_clips(folder: Path, num_frames: int, resolution: int, per_video: int) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, T, R, R) in [-1, 1]: ``per_video`` evenly spaced clips of every video in ``folder``."""
+    from magvit_pl.data.datamodule import frames_to_tensor
+    from magvit_pl.data.video import center_crop, read_video
+
+    clips, names = [], []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+        frames = read_video(path, short_side=resolution, max_frames=600)
+        if len(frames) < num_frames:
+            print(f"skipping {path.name}: {len(frames)} frames < {num_frames}", file=sys.stderr)
+            continue
+        frames = center_crop(frames, resolution)
+        for start in np.linspace(0, len(frames) - num_frames, per_video).round().astype(int):
+            clips.append(frames_to_tensor(frames[start : start + num_frames]))
+            names.append(f"{path.name}@{start}")
+    if not clips:
+        raise UserError(f"--videos {folder}: no video with at least {num_frames} frames")
+    return torch.stack(clips), names
+
+
+def shard_clips(folder: Path, split: str, num_frames: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Every clip of ``split`` of a shard folder, as the validation loader gives it."""
+    from magvit_pl.data.datamodule import VideoDataModule
+
+    dm = VideoDataModule(data_dir=str(folder), num_frames=num_frames, resolution=resolution, eval_batch_size=16,
+                         num_workers=0, val_split=split)
+    dm.setup("validate")
+    videos = torch.cat([b["video"] for b in dm.val_dataloader()])
+    return videos, [f"{split}[{i}]" for i in range(len(videos))]
+
+
+def evaluate(reconstruct, clips: torch.Tensor, batch: int, lpips: bool, fvd: bool) -> tuple[dict, torch.Tensor]:
+    metrics = ReconstructionMetrics(lpips=lpips, fvd=fvd)
+    outs = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for chunk in clips.split(batch):
+            recon = reconstruct(chunk).clamp(-1, 1)
+            metrics.update(recon, chunk)
+            outs.append(recon)
+    result = metrics.compute()
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result, torch.cat(outs)
+
+
+def grid_png(path: Path, rows: list[torch.Tensor], n: int, scale: int = 4) -> None:
+    """Middle frame of ``n`` clips spread over the set, for each row tensor, tiled (rows top to bottom)
+    and enlarged ``scale`` times (nearest neighbour, so pixels stay visible)."""
+    from magvit_pl.media import save_png, video_grid
+
+    pick = torch.linspace(0, len(rows[0]) - 1, min(n, len(rows[0]))).round().long()
+    mid = rows[0].shape[2] // 2
+    frames = video_grid([r[pick, :, mid : mid + 1] for r in rows])[0]
+    save_png(path, frames.repeat(scale, 0).repeat(scale, 1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", action="append", required=True, help="tokenizer checkpoint (repeat to compare)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", type=Path, help="folder of videos (e.g. ../shared/data/clips)")
+    src.add_argument("--shards", type=Path, help="prepared shard folder (e.g. data/shards/synthetic-16x32)")
+    ap.add_argument("--split", default="val", help="with --shards: the split to read")
+    ap.add_argument("--num_frames", type=int, default=8)
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--clips_per_video", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no_lpips", action="store_true")
+    ap.add_argument("--no_fvd", action="store_true")
+    ap.add_argument("--grid", type=Path, help="write a PNG: original, baseline, each checkpoint (middle frames)")
+    ap.add_argument("--grid_clips", type=int, default=9)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    if args.videos is not None:
+        clips, names = video_clips(args.videos, args.num_frames, args.resolution, args.clips_per_video)
+        source = {"videos": str(args.videos), "clips_per_video": args.clips_per_video}
+    else:
+        clips, names = shard_clips(args.shards, args.split, args.num_frames, args.resolution)
+        source = {"shards": str(args.shards), "split": args.split}
+    tokenizers = [load_tokenizer(p) for p in args.ckpt]
+    factors = tokenizers[0].downsample_factors
+    if any(tuple(t.downsample_factors) != tuple(factors) for t in tokenizers):
+        print("note: the checkpoints have different latent grids; the baseline uses the first one's", file=sys.stderr)
+
+    rows: dict[str, dict] = {}
+    recons = []
+    result, base = evaluate(lambda v: pooled_baseline(v, factors), clips, args.batch, not args.no_lpips, not args.no_fvd)
+    rows[f"baseline: avg-pool {tuple(factors)} + trilinear"] = result
+    for path, tok in zip(args.ckpt, tokenizers):
+        result, recon = evaluate(lambda v, t=tok: t(v)[0], clips, args.batch, not args.no_lpips, not args.no_fvd)
+        step = load_checkpoint(path).get("global_step")
+        result.update(params=sum(p.numel() for p in tok.parameters()), codebook_size=int(tok.codebook_size),
+                      grid=list(tok.downsample_factors), step=step)
+        rows[path] = result
+        recons.append(recon)
+
+    out = {"benchmark": "reconstruction", "clips": len(clips), "num_frames": args.num_frames,
+           "resolution": args.resolution, **source, "results": rows}
+    print(json.dumps(out))
+    _table(rows)
+    if args.grid:
+        grid_png(args.grid, [clips, base, *recons], args.grid_clips)
+        print(f"grid: {args.grid} (rows: original, baseline, {', '.join(Path(p).name for p in args.ckpt)})")
+    return out
+
+
+def _table(rows: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    table = Table(title="reconstruction (higher PSNR/SSIM, lower LPIPS/rFVD is better)")
+    for col in ("model", "PSNR dB", "SSIM", "LPIPS", "rFVD", "clips", "s"):
+        table.add_column(col)
+    for name, r in rows.items():
+        table.add_row(name, fmt(r["psnr"], ".2f"), fmt(r["ssim"], ".3f"), fmt(r["lpips"], ".3f"),
+                      fmt(r["rfvd"], ".1f"), str(r["clips"]), fmt(r["seconds"], ".1f"))
+    Console().print(table)
+    skipped = {k: v for r in rows.values() for k, v in r["skipped"].items()}
+    for k, v in skipped.items():
+        print(f"{k} skipped: {v}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        sys.exit(f"error: {err}")
