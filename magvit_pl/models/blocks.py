@@ -17,9 +17,12 @@ PaddingMode = Literal["zeros", "reflect", "replicate"]
 PADDING_MODES = ("zeros", "reflect", "replicate")
 
 
-def group_norm(channels: int, eps: float = 1e-6, affine: bool = True) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or fewer when ``channels`` is small or not a multiple of 32."""
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=eps, affine=affine)
+def group_norm(channels: int, eps: float = 1e-6, affine: bool = True, groups: int = 32) -> nn.Module:
+    """GroupNorm with ``groups`` groups (MAGVIT: 32), or fewer when ``channels`` is not a multiple of it;
+    ``groups=0``: no normalisation (identity)."""
+    if groups == 0:
+        return nn.Identity()
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps, affine=affine)
 
 
 class SameConv3d(nn.Conv3d):
@@ -75,12 +78,13 @@ class ResBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int], padding_mode: PaddingMode
+        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int], padding_mode: PaddingMode,
+        norm_groups: int = 32,
     ):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups=norm_groups)
         self.conv1 = SameConv3d(in_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups=norm_groups)
         self.conv2 = SameConv3d(out_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
         self.shortcut = (
             nn.Conv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()

@@ -52,6 +52,7 @@ class Encoder(nn.Module):
         embedding_dim: int,
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
+        norm_groups: int = 32,
         activation_checkpointing: bool = False,
     ):
         super().__init__()
@@ -63,11 +64,11 @@ class Encoder(nn.Module):
         for mult in channel_multipliers:
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(ch, base_channels * mult, kernel, padding_mode))
+                blocks.append(ResBlock(ch, base_channels * mult, kernel, padding_mode, norm_groups))
                 ch = base_channels * mult
             self.levels.append(blocks)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode) for _ in range(num_res_blocks)])
-        self.norm_out = group_norm(ch)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
+        self.norm_out = group_norm(ch, groups=norm_groups)
         self.conv_out = nn.Conv3d(ch, embedding_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +98,7 @@ class Decoder(nn.Module):
         embedding_dim: int,
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
+        norm_groups: int = 32,
         activation_checkpointing: bool = False,
     ):
         super().__init__()
@@ -104,18 +106,18 @@ class Decoder(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         ch = base_channels * channel_multipliers[-1]
         self.conv_in = SameConv3d(embedding_dim, ch, kernel, bias=True, padding_mode=padding_mode)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode) for _ in range(num_res_blocks)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
         self.levels = nn.ModuleList()  # stored deepest level first, the order they run in
         self.up_convs = nn.ModuleList()
         for i in reversed(range(len(channel_multipliers))):
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(ch, base_channels * channel_multipliers[i], kernel, padding_mode))
+                blocks.append(ResBlock(ch, base_channels * channel_multipliers[i], kernel, padding_mode, norm_groups))
                 ch = base_channels * channel_multipliers[i]
             self.levels.append(blocks)
             if i > 0:
                 self.up_convs.append(SameConv3d(ch, ch, kernel, bias=True, padding_mode=padding_mode))
-        self.norm_out = group_norm(ch)
+        self.norm_out = group_norm(ch, groups=norm_groups)
         self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +154,9 @@ class VQTokenizer(ConfigMixin, nn.Module):
         quantizer: The quantizer module (VectorQuantizer or LookupFreeQuantizer); default
             VectorQuantizer(1024 codes, dim ``embedding_dim``).
         in_channels: Channels of the video (3 for RGB); the decoder outputs the same number.
+        norm_groups: Groups of every GroupNorm (MAGVIT: 32; fewer when the width is not a multiple).
+            At small widths 32 groups hold one channel each, which normalises away every channel's
+            mean over the clip, global colour included (the CPU demo uses 4). 0 = no normalisation.
         activation_checkpointing: In training with grad enabled, run every encoder and decoder residual
             block through ``torch.utils.checkpoint`` (non-reentrant): its activations are recomputed in
             the backward pass instead of kept (one more forward of each block). Same outputs and
@@ -170,9 +175,12 @@ class VQTokenizer(ConfigMixin, nn.Module):
         temporal_kernel_size: int = 3,
         quantizer: nn.Module | None = None,
         in_channels: int = 3,
+        norm_groups: int = 32,
         activation_checkpointing: bool = False,
     ):
         super().__init__()
+        if norm_groups < 0:
+            raise UserError(f"norm_groups must be >= 0 (0 = no normalisation); got {norm_groups}")
         if padding_mode not in PADDING_MODES:
             raise UserError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
         if temporal_kernel_size not in (1, 3, 5):
@@ -201,9 +209,9 @@ class VQTokenizer(ConfigMixin, nn.Module):
             base_channels, channel_multipliers, num_res_blocks, temporal_downsample, embedding_dim, kernel, padding_mode
         )
         ckpt = self.activation_checkpointing
-        self.encoder = Encoder(in_channels, *args, activation_checkpointing=ckpt)
+        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups, activation_checkpointing=ckpt)
         self.quantizer = quantizer
-        self.decoder = Decoder(in_channels, *args, activation_checkpointing=ckpt)
+        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups, activation_checkpointing=ckpt)
 
     # ---- shapes
     @property

@@ -290,3 +290,21 @@ def test_discriminator_activation_checkpointing_with_r1():
     for a, b in zip(runs[0][2], runs[1][2]):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     assert build_from_config(disc.init_config).activation_checkpointing is True
+
+
+def test_norm_groups_sets_every_group_norm_and_zero_removes_them():
+    def norms(tok):
+        return [m for m in tok.modules() if isinstance(m, torch.nn.GroupNorm)]
+
+    kw = dict(base_channels=16, channel_multipliers=(1, 2), num_res_blocks=1, embedding_dim=4,
+              quantizer=LookupFreeQuantizer(4, norm_groups=0))
+    paper = VQTokenizer(**kw)
+    assert {m.num_groups for m in norms(paper)} == {16, 32}  # 32 groups: one channel each at width 16/32
+    four = VQTokenizer(norm_groups=4, **kw)
+    assert {m.num_groups for m in norms(four)} == {4} and four.init_config["init_args"]["norm_groups"] == 4
+    none = VQTokenizer(norm_groups=0, **kw)
+    assert norms(none) == [] and sum(p.numel() for p in none.parameters()) < sum(p.numel() for p in four.parameters())
+    video = torch.rand(1, 3, 4, 8, 8) * 2 - 1
+    assert none(video)[0].shape == video.shape
+    with pytest.raises(UserError, match="norm_groups"):
+        VQTokenizer(norm_groups=-1, **kw)
