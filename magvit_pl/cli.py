@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from magvit_pl.errors import UserError
+from magvit_pl.io import make_dir
 
 RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
 
@@ -53,6 +54,45 @@ def _one_line(message: str) -> str:
 def _fail(message: str, code: int = 2) -> None:
     sys.stderr.write(f"error: {_one_line(message)}\n")
     sys.exit(code)
+
+
+def _user_error_in(err: BaseException) -> UserError | None:
+    """The project's own :class:`UserError` (or Lightning's configuration error, as one) behind ``err``.
+
+    jsonargparse wraps what a constructor raises while LightningCLI instantiates the classes (a Union type
+    turns it into a ValueError listing every alternative); the original stays in the exception chain.
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        if isinstance(e, MisconfigurationException):
+            return UserError(str(e))
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Every ``--config FILE`` must be a readable UTF-8 text file (YAML or JSON): one line naming it otherwise."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if value is None or not Path(value).is_file():
+            continue  # jsonargparse reports a missing file (and accepts inline YAML) itself
+        try:
+            text = Path(value).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"--config {value}: not a text file (a YAML or JSON config is expected)") from None
+        except OSError as err:
+            raise UserError(f"--config {value}: cannot read it ({err.strerror})") from None
+        if "\x00" in text:
+            raise UserError(f"--config {value}: not a text file (a YAML or JSON config is expected)")
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -116,8 +156,15 @@ def _run_kind(class_path: str | None) -> str:
 
 
 def _resolve_latest(root: Path) -> Path | None:
+    """The run ``root/latest`` points at; it must be a folder directly inside ``root`` (a link that leads
+    elsewhere, e.g. in a runs folder from outside, is refused: `fit --ckpt_path last` would write there)."""
     link = root / "latest"
-    return link.resolve() if link.exists() else None
+    if not link.exists():
+        return None
+    target = link.resolve()
+    if target.parent != root.resolve() or not target.is_dir():
+        raise UserError(f"{link} points at {target}, which is not a run folder inside {root}; remove the link or pass --run_dir")
+    return target
 
 
 def _point_latest(root: Path, run_dir: Path) -> None:
@@ -130,7 +177,7 @@ def _point_latest(root: Path, run_dir: Path) -> None:
 
 
 def _make_cli_class():
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
@@ -139,6 +186,17 @@ def _make_cli_class():
     from magvit_pl.ckpt_io import AtomicCheckpointIO
     from magvit_pl.lit.common import LossCurves
     from magvit_pl.lit.resume import ResumeState, run_checkpoint
+
+    class PointLatest(Callback):
+        """``RUNS_ROOT/KIND/latest`` → this run once its training starts: a run stopped by a mistake before
+        that (a bad value, a mismatched model and data, an unreadable ``init_from``) leaves ``latest`` alone."""
+
+        def __init__(self, root: Path, run_dir: Path):
+            self.root, self.run_dir = root, run_dir
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if trainer.is_global_zero:
+                _point_latest(self.root, self.run_dir)
 
     class MagvitCLI(LightningCLI):
         """LightningCLI with one run directory per run: config.yaml, metrics.csv, checkpoints/, media/."""
@@ -152,10 +210,53 @@ def _make_cli_class():
         def parse_arguments(self, parser, args) -> None:
             from jsonargparse import ArgumentError
 
+            check_config_files(list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else [])
             try:
                 super().parse_arguments(parser, args)
             except ArgumentError as err:
                 raise UserError(_one_line(err)) from None
+            except UnicodeDecodeError as err:
+                raise UserError(f"a config file is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI's own step (merge the hyper-parameters of ``--ckpt_path`` into the model config), with
+            the file read by :func:`~magvit_pl.checkpoint.load_checkpoint` (a text, truncated or pickled-payload file
+            is one line, not a traceback) and its hyper-parameters checked (only this package's LightningModules
+            and allow-listed classes, plain data) before jsonargparse imports or builds anything they name."""
+            from magvit_pl.checkpoint import lightning_hparams
+
+            if not self.config.get("subcommand"):
+                return
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            if not ckpt_path or not Path(ckpt_path).is_file():  # "last", "best" or a sharded folder: Lightning's business
+                return
+            hparams = dict(lightning_hparams(ckpt_path))
+            hparams.pop("_instantiator", None)
+            if not hparams:
+                return
+            if "_class_path" in hparams:
+                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            try:
+                self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+            except Exception as err:  # noqa: BLE001 - jsonargparse reports a mismatch in several ways
+                raise UserError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit the model config ({_one_line(err)[:300]})") from None
+
+        def instantiate_classes(self) -> None:
+            """Build model, data and trainer; a UserError (or Lightning configuration error) raised inside any
+            constructor comes out as itself (one line), not wrapped in jsonargparse's trace."""
+            try:
+                super().instantiate_classes()
+            except Exception as err:
+                self._drop_empty_run_dir()
+                user = _user_error_in(err)
+                if user is None:
+                    raise
+                raise user from None
+
+        def _drop_empty_run_dir(self) -> None:
+            run_dir = getattr(self, "run_dir", None)
+            if run_dir is not None and getattr(self, "_made_run_dir", False) and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
 
         def before_instantiate_classes(self) -> None:
             from magvit_pl.hardware import check_trainer_config
@@ -184,17 +285,16 @@ def _make_cli_class():
                 suffix = "" if self.subcommand == "fit" else f"-{self.subcommand}"
                 run_dir = str(root / f"{stamp}{suffix}")
             run_dir = Path(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            self._made_run_dir = not run_dir.exists()
+            make_dir(run_dir, f"--run_dir {cfg.run_dir}" if cfg.run_dir else f"--runs_root {cfg.runs_root}")
             os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command line: same dir
             self.run_dir = run_dir
+            self.latest_root = root if self.subcommand == "fit" and run_dir.parent == root else None
             cfg.trainer.default_root_dir = str(run_dir)
             if cfg.get("task"):
                 if "eval_task" not in (cfg.model.get("init_args") or {}):
                     raise UserError(f"--task {cfg.task}: only an MTM model (magvit_pl.lit.mtm.MTMModule) evaluates tasks")
                 cfg.model.init_args.eval_task = cfg.task
-            global_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-            if self.subcommand == "fit" and run_dir.parent == root and global_rank == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-                _point_latest(root, run_dir)
 
         def instantiate_trainer(self, **kwargs: Any):
             trainer_cfg = self._get(self.config_init, "trainer", default={})
@@ -210,6 +310,8 @@ def _make_cli_class():
                 callbacks.append(RichProgressBar())
             if not any(isinstance(c, LossCurves) for c in callbacks):
                 callbacks.append(LossCurves())
+            if self.latest_root is not None:
+                callbacks.append(PointLatest(self.latest_root, self.run_dir))
             kwargs["callbacks"] = callbacks
             plugins = trainer_cfg.get("plugins")
             plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
@@ -264,9 +366,12 @@ def complete_eval_args(args: list[str]) -> list[str]:
     elif not Path(ckpt).is_file():
         raise UserError(f"--ckpt_path {ckpt}: file not found")
     if _option(rest, "--config") is None:
+        from magvit_pl.checkpoint import check_run_config
+
         config = Path(ckpt).resolve().parent.parent / "config.yaml"
         if not config.is_file():
             raise UserError(f"--ckpt_path {ckpt}: no config.yaml in its run directory; pass --config")
+        check_run_config(config)  # found, not given: it may come from outside like the checkpoint
         rest = ["--config", str(config), *rest]
     return [args[0], *rest]
 
@@ -293,7 +398,12 @@ def main(args: Sequence[str] | None = None) -> None:
                 if from_argv:  # keep sys.argv the source of truth (DDP re-launches it)
                     sys.argv[1:] = completed
                 args = completed
-            run_lightning(None if from_argv else args)
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            try:
+                run_lightning(None if from_argv else args)
+            except MisconfigurationException as err:  # Lightning's verdict on a setting, raised mid-run (e.g. in fit)
+                raise UserError(str(err)) from None
             return None
         _fail(f"unknown command '{command}'; choose one of: " + ", ".join([*LIGHTNING_COMMANDS, *MODEL_FREE_COMMANDS]))
     except UserError as err:

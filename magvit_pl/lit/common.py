@@ -80,10 +80,18 @@ class LossCurves(Callback):
         val_key = self.val_key or next(iter(preferred), None)
         curves = {}
         for key in ("train/loss", val_key):
-            pts = [(float(r["step"]), float(r[key])) for r in rows if key and r.get(key)]
+            pts = [pt for r in rows if key and r.get(key) for pt in [_point(r.get("step"), r[key])] if pt is not None]
             if pts:
                 curves[key] = pts
         if curves:
             from magvit_pl.media import plot_curves, save_png
 
             save_png(media_dir(trainer) / "loss_curves.png", plot_curves(curves))
+
+
+def _point(step: str | None, value: str) -> tuple[float, float] | None:
+    """(step, value) of a metrics.csv row, or None for a cell that is not a number (a run folder from elsewhere)."""
+    try:
+        return float(step), float(value)
+    except (TypeError, ValueError):
+        return None

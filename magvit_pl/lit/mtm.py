@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from magvit_pl import commit, sampling
+from magvit_pl.checks import check_args
 from magvit_pl.checkpoint import load_tokenizer
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir
@@ -26,6 +27,15 @@ from magvit_pl.tasks import Task, discover_tasks, get_task
 from magvit_pl.token_cache import TokenCache, clip_hashes
 
 log = logging.getLogger(__name__)
+# what each numeric hyper-parameter of MTMModule may be (checked by magvit_pl.checks.check_args on self.hparams)
+ARG_RULES = {
+    "num_classes": ">= 1", "num_frames": ">= 1", "resolution": ">= 1", "num_cond_frames": ">= 0", "hidden_dim": ">= 1",
+    "num_layers": ">= 1", "num_heads": ">= 1", "mlp_dim": ">= 1", "dropout": "[0, 1)", "attention_dropout": "[0, 1)",
+    "loss_weights": ">= 0", "label_smoothing": "[0, 1)", "class_dropout_prob": "[0, 1]", "lr": "> 0", "betas": "[0, 1)",
+    "weight_decay": ">= 0", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]", "sample_steps": ">= 1",
+    "choice_temperature": ">= 0", "sample_temperature": "> 0", "top_k": ">= 1", "guidance_scale": ">= 0",
+    "num_media_clips": ">= 0", "media_fps": ">= 1", "max_consecutive_nonfinite": ">= 1",
+}
 # The data module keeps Lightning's default hook; the model's (token-cache hashing) is the one meant to run.
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
@@ -116,6 +126,7 @@ class MTMModule(TaskEvaluation, LightningModule):
         super().__init__()
         self.task_names = list(tasks) if tasks else sorted(discover_tasks())
         self.save_hyperparameters()
+        check_args("model", self.hparams, ARG_RULES)
         self.hparams["tasks"] = list(self.task_names)  # explicit, so a new plugin never shifts the vocabulary
         self.vocab = commit.Vocab(codebook_size=1, num_classes=num_classes, task_names=tuple(self.task_names))
         self.tokenizer: torch.nn.Module | None = None
@@ -145,7 +156,7 @@ class MTMModule(TaskEvaluation, LightningModule):
         if self._tokenizer_config is not None:  # rebuilt from an MTM checkpoint: weights come with its state dict
             from magvit_pl.models.config import build_from_config
 
-            tok = build_from_config(self._tokenizer_config).eval().requires_grad_(False)
+            tok = build_from_config(self._tokenizer_config, "MTM checkpoint").eval().requires_grad_(False)
         else:
             tok = load_tokenizer(hp.tokenizer_ckpt)
         self.tokenizer = tok
@@ -311,17 +322,13 @@ class MTMModule(TaskEvaluation, LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "MTMModule":
         """Rebuild a trained MTM (with its frozen tokenizer) from its checkpoint alone, in eval mode."""
-        from magvit_pl.checkpoint import load_checkpoint
+        from magvit_pl.checkpoint import load_weights, read_model_checkpoint
 
-        ckpt = load_checkpoint(path)
-        meta = ckpt.get("magvit", {})
-        if meta.get("kind") != "mtm":
-            raise UserError(f"{path} is not a magvit-pl MTM checkpoint (kind={meta.get('kind')!r}); train one with: python cli.py fit --config configs/mtm.yaml")
-        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+        meta, hparams, state_dict = read_model_checkpoint(path, "mtm", cls)  # checked: allow-listed classes, plain data
         model = cls(**hparams)
         model._tokenizer_config = meta["tokenizer_config"]
         model.configure_model()
-        model.load_state_dict(ckpt["state_dict"])
+        load_weights(model, state_dict, path)
         return model.eval().to(map_location)
 
     # ------------------------------------------------------------------------------------ checkpoints

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
+from magvit_pl.errors import UserError
+
 
 def capture_rng() -> dict[str, Any]:
     """The global random states as tensors and lists (loadable with ``torch.load(weights_only=True)``)."""
@@ -41,7 +43,15 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng` (missing entries are left alone)."""
+    """Inverse of :func:`capture_rng` (missing entries are left alone); a malformed saved state is a one-line error."""
+    try:
+        _restore_rng(state)
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as err:
+        raise UserError(f"the checkpoint's saved random state is malformed ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                        "it was not written by this program") from None
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "python" in state:

@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from magvit_pl import losses
+from magvit_pl.checks import check_args
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
@@ -25,6 +26,13 @@ from magvit_pl.models.tokenizer import VQTokenizer
 from magvit_pl.schedules import total_training_steps, warmup_cosine
 
 log = logging.getLogger(__name__)
+# what each numeric argument of TokenizerModule may be (magvit_pl.checks)
+ARG_RULES = {
+    "lr": "> 0", "disc_lr": "> 0", "betas": "[0, 1)", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]",
+    "recon_weight": ">= 0", "perceptual_weight": ">= 0", "gan_weight": ">= 0", "disc_start_step": ">= 0",
+    "r1_cost": ">= 0", "r1_every": ">= 1", "lecam_weight": ">= 0", "lecam_decay": "[0, 1]", "ema_decay": "[0, 1]",
+    "max_consecutive_nonfinite": ">= 1", "num_media_clips": ">= 0", "media_fps": ">= 1",
+}
 
 
 class TokenizerModule(LightningModule):
@@ -88,6 +96,7 @@ class TokenizerModule(LightningModule):
             media_fps: Frame rate of the written grids.
         """
         super().__init__()
+        check_args("model", locals(), ARG_RULES)
         self.save_hyperparameters(ignore=["tokenizer", "discriminator", "perceptual"])
         self.automatic_optimization = False
         self.tokenizer = tokenizer

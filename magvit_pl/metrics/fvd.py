@@ -7,7 +7,10 @@ are only comparable under the same protocol (sample counts, frames, stride, reso
 so :meth:`FrechetVideoDistance.protocol` records it and it should be saved with every result.
 
 Real-data statistics can be cached in an ``.npz`` keyed by the shard manifest hash + protocol
-(:meth:`~FrechetVideoDistance.save_real_stats` / :meth:`~FrechetVideoDistance.load_real_stats`).
+(:meth:`~FrechetVideoDistance.save_real_stats` / :meth:`~FrechetVideoDistance.load_real_stats`);
+``cli.py test`` does so for its test set (:meth:`~FrechetVideoDistance.attach_real_stats_file`, key from
+:func:`test_set_key`). A statistics file is data from outside: it is read without pickles and refused unless
+μ is a finite vector and Σ a finite, symmetric, positive semi-definite matrix of the same size.
 """
 from __future__ import annotations
 
@@ -93,6 +96,17 @@ def stats_key(manifest_sha256: str, protocol: dict[str, Any]) -> str:
 
 
 _KEY_FIELDS = ("num_real", "frames", "resolution", "stride", "seed", "resize", "weights_sha256")
+# tolerances of a loaded Σ: |Σ - Σᵀ| and the most negative eigenvalue, relative to max(1, the largest |entry| / eigenvalue)
+SYMMETRY_TOL, PSD_TOL = 1e-8, 1e-6
+
+
+def test_set_key(manifest_sha256: str, selection: dict[str, Any], fvd: "FrechetVideoDistance") -> str:
+    """Cache key of a test set's real statistics: the manifest hash, what selects and shapes the clips
+    (``selection``: split, frames, resolution, stride, batch size, batch limit, processes …) and the feature
+    protocol of ``fvd`` (resize, minimum frames, I3D file)."""
+    fields = {"manifest": manifest_sha256, "selection": selection, "resize": fvd.resize, "min_frames": fvd.min_frames,
+              "weights_sha256": fvd._weights_sha256}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class FrechetVideoDistance(Metric):
@@ -144,6 +158,10 @@ class FrechetVideoDistance(Metric):
         self._clip_shape: tuple[int, int, int] | None = None
         self._real_stats: tuple[np.ndarray, np.ndarray, int] | None = None
         self._counts: tuple[int, int] | None = None  # (real, fake) of the last compute(), all ranks
+        self._stats_file: tuple[Path, str] | None = None  # attach_real_stats_file(path, key)
+        self._count_real = False  # real statistics came from that file: real clips are only counted
+        self._computed_real: tuple[np.ndarray, np.ndarray, int] | None = None  # real (μ, Σ, n) of the last compute()
+        self.add_state("real_count", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("real_features", default=[], dist_reduce_fx="cat")
         self.add_state("fake_features", default=[], dist_reduce_fx="cat")
 
@@ -152,10 +170,7 @@ class FrechetVideoDistance(Metric):
     @torch.no_grad()
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         """I3D features ``(B, D)`` of clips ``(B, 3, T, H, W)`` in [-1, 1] (resized, float32, no autocast)."""
-        if videos.ndim != 5 or videos.shape[1] != 3:
-            raise UserError(f"FVD expects videos (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}")
-        if videos.shape[2] < self.min_frames:
-            raise UserError(f"FVD needs clips of at least {self.min_frames} frames, got {videos.shape[2]}")
+        self._check_clips(videos)
         net = self._extractor
         if isinstance(net, torch.nn.Module):
             p = next(net.parameters(), None)
@@ -168,6 +183,12 @@ class FrechetVideoDistance(Metric):
                 out.append(net(x).float())
         return torch.cat(out)
 
+    def _check_clips(self, videos: torch.Tensor) -> None:
+        if videos.ndim != 5 or videos.shape[1] != 3:
+            raise UserError(f"FVD expects videos (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}")
+        if videos.shape[2] < self.min_frames:
+            raise UserError(f"FVD needs clips of at least {self.min_frames} frames, got {videos.shape[2]}")
+
     def update(self, videos: torch.Tensor, real: bool, is_features: bool = False) -> None:
         """Add a batch of real (``real=True``) or generated clips ``(B, 3, T, H, W)`` in [-1, 1].
 
@@ -177,6 +198,11 @@ class FrechetVideoDistance(Metric):
             features = videos
             if features.ndim != 2:
                 raise UserError(f"features must be (B, D), got shape {tuple(features.shape)}")
+        elif real and self._count_real:  # the real statistics come from the attached file: no I3D pass
+            self._check_clips(videos)
+            self._record_shape(videos)
+            self.real_count += videos.shape[0]
+            return
         else:
             features = self.features(videos)
             self._record_shape(videos)
@@ -243,11 +269,15 @@ class FrechetVideoDistance(Metric):
             raise UserError(f"FVD needs at least 2 generated clips, got {0 if fake is None else fake.shape[0]}")
         if n_real < 2:
             raise UserError(f"FVD needs at least 2 real clips, got {n_real}")
+        if self._count_real and int(self.real_count) != n_real:
+            raise UserError(f"the cached real FVD statistics {self._stats_file[0]} were made from {n_real} clips but this run "
+                            f"saw {int(self.real_count)}; delete that file to recompute them")
         if fake.shape[0] > n_real:
             warnings.warn(
                 f"FVD compares {fake.shape[0]} generated clips with only {n_real} real ones; "
                 "the real statistics are the noisier side", stacklevel=2)
         self._counts = (n_real, int(fake.shape[0]))
+        self._computed_real = (mu_r, sigma_r, n_real)  # all ranks' (compute runs on synced states)
         mu_f, sigma_f = gaussian_stats(fake)
         return torch.tensor(frechet_distance(mu_r, sigma_r, mu_f, sigma_f), dtype=torch.float64)
 
@@ -277,18 +307,49 @@ class FrechetVideoDistance(Metric):
 
     # -- cached real statistics --------------------------------------------------------------
 
-    def save_real_stats(self, path: str | os.PathLike, manifest_sha256: str) -> Path:
+    def save_real_stats(self, path: str | os.PathLike, manifest_sha256: str, key: str | None = None) -> Path:
         """Write the real set's (μ, Σ, n) and the protocol to ``path`` (.npz, atomically).
 
-        ``manifest_sha256`` identifies the real data (e.g. the hash of the shards' manifest.json).
+        ``manifest_sha256`` identifies the real data (e.g. the hash of the shards' manifest.json); the stored key is
+        ``key`` when given, else :func:`stats_key` of it and the protocol.
         """
-        mu, sigma, n = self.real_statistics()
+        return self._write_stats(path, *self.real_statistics(), manifest_sha256, key)
+
+    def _write_stats(self, path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int, manifest_sha256: str,
+                     key: str | None) -> Path:
         proto = {**self.protocol(), "num_real": n}
         path = Path(path)
         with atomic_path(path) as tmp:
-            np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(n), key=np.str_(stats_key(manifest_sha256, proto)),
+            np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(n), key=np.str_(key or stats_key(manifest_sha256, proto)),
                      protocol=np.str_(json.dumps(proto, sort_keys=True)))
         return path
+
+    def attach_real_stats_file(self, path: str | os.PathLike, key: str) -> bool:
+        """Cache the statistics of a fixed real set in ``path`` under ``key`` (e.g. :func:`test_set_key`).
+
+        When ``path`` holds statistics stored under ``key`` (checked as :func:`read_real_stats` does), they are
+        used: ``update(videos, real=True)`` then only counts the clips (no I3D pass), and ``compute()`` refuses a
+        count that differs from the file's. Otherwise the real clips are fed as usual and
+        :meth:`save_attached_real_stats` writes the file for the next run. Returns whether the file was used.
+        """
+        path = Path(path)
+        self._stats_file = (path, key)
+        if not path.is_file():
+            return False
+        mu, sigma, n, stored_key, _ = read_real_stats(path)
+        if stored_key != key:
+            return False
+        self.set_real_statistics(mu, sigma, n)
+        self._count_real = True
+        return True
+
+    def save_attached_real_stats(self, manifest_sha256: str) -> Path | None:
+        """After ``compute()``: write the attached file (see :meth:`attach_real_stats_file`) with the real statistics
+        of all processes, unless the file was used. No collective call: run it on one process."""
+        if self._stats_file is None or self._count_real or self._computed_real is None:
+            return None
+        path, key = self._stats_file
+        return self._write_stats(path, *self._computed_real, manifest_sha256, key)
 
     def load_real_stats(self, path: str | os.PathLike, manifest_sha256: str, num_real: int, frames: int) -> bool:
         """Use the cached real statistics at ``path`` if they were made from the same data and protocol.
@@ -313,9 +374,35 @@ class FrechetVideoDistance(Metric):
 
 
 def read_real_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int, str, dict[str, Any]]:
-    """(μ, Σ, n, key, protocol) from a statistics file written by ``save_real_stats`` (no pickles)."""
+    """(μ, Σ, n, key, protocol) from a statistics file written by ``save_real_stats`` (no pickles), checked:
+    μ a finite vector of D values, Σ a finite, symmetric, positive semi-definite D×D matrix (within
+    :data:`SYMMETRY_TOL` / :data:`PSD_TOL`), n ≥ 2. Anything else is a one-line :class:`UserError`
+    (a NaN would make every FVD NaN, a negative covariance would clip it to 0)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return z["mu"], z["sigma"], int(z["n"]), str(z["key"]), json.loads(str(z["protocol"]))
-    except (OSError, KeyError, ValueError) as err:
-        raise UserError(f"{path} is not an FVD statistics file: {err}") from None
+            mu, sigma, n, key, proto = z["mu"], z["sigma"], int(z["n"]), str(z["key"]), json.loads(str(z["protocol"]))
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{path} is not an FVD statistics file: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    bad = _bad_statistics(mu, sigma, n)
+    if bad:
+        raise UserError(f"{path} holds invalid FVD statistics ({bad}); delete it so they are recomputed")
+    return mu.astype(np.float64), sigma.astype(np.float64), n, key, proto
+
+
+def _bad_statistics(mu: np.ndarray, sigma: np.ndarray, n: int) -> str | None:
+    """What is wrong with loaded (μ, Σ, n), or None."""
+    if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
+        return f"dtypes {mu.dtype}/{sigma.dtype} are not numbers"
+    if mu.ndim != 1 or mu.size == 0 or sigma.shape != (mu.size, mu.size):
+        return f"mu has shape {mu.shape} and sigma {sigma.shape}; expected (D,) and (D, D)"
+    if n < 2:
+        return f"n = {n} clips; at least 2 are needed"
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return "NaN or inf values"
+    sigma = sigma.astype(np.float64)
+    if np.abs(sigma - sigma.T).max() > SYMMETRY_TOL * max(1.0, np.abs(sigma).max()):
+        return "sigma is not symmetric"
+    eig = np.linalg.eigvalsh((sigma + sigma.T) / 2)
+    if eig.min() < -PSD_TOL * max(1.0, eig.max()):
+        return f"sigma is not positive semi-definite (eigenvalue {eig.min():.3g})"
+    return None

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from magvit_pl.checks import check_args
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.blocks import avg_pool_down, maybe_checkpoint
 
@@ -67,6 +68,8 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
         activation_checkpointing: bool = False,
     ):
         super().__init__()
+        check_args("discriminator", locals(), {"in_channels": ">= 1", "base_channels": ">= 1", "channel_multipliers": ">= 1",
+                                               "num_frames": ">= 1", "resolution": ">= 1"})
         mults = default_channel_multipliers(resolution) if channel_multipliers is None else tuple(channel_multipliers)
         self.input_shape = (in_channels, num_frames, resolution, resolution)
         self.activation_checkpointing = bool(activation_checkpointing)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from magvit_pl.checks import check_args
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.errors import UserError
 from magvit_pl.models.blocks import (
@@ -179,8 +180,8 @@ class VQTokenizer(ConfigMixin, nn.Module):
         activation_checkpointing: bool = False,
     ):
         super().__init__()
-        if norm_groups < 0:
-            raise UserError(f"norm_groups must be >= 0 (0 = no normalisation); got {norm_groups}")
+        check_args("tokenizer", locals(), {"base_channels": ">= 1", "channel_multipliers": ">= 1", "num_res_blocks": ">= 0",
+                                           "embedding_dim": ">= 1", "in_channels": ">= 1", "norm_groups": ">= 0"})
         if padding_mode not in PADDING_MODES:
             raise UserError(f"padding_mode must be one of {', '.join(PADDING_MODES)}; got {padding_mode!r}")
         if temporal_kernel_size not in (1, 3, 5):

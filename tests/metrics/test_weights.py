@@ -91,7 +91,7 @@ def test_extract_member_only_that_member(tmp_path, dist):
 @pytest.mark.parametrize("dist", ["sdist", "wheel"])
 def test_extract_member_hash_mismatch_leaves_nothing(tmp_path, dist):
     spec = toy_spec(dist)
-    archive = make_archive(tmp_path, spec, payload=PAYLOAD + b"tampered")
+    archive = make_archive(tmp_path, spec, payload=PAYLOAD[:-8] + b"tampered")  # same size: the sha256 must catch it
     out = tmp_path / "cache" / "toy.ckpt"
     out.parent.mkdir()
     with pytest.raises(UserError, match="sha256"):

@@ -185,3 +185,101 @@ class FaultFit:
 @pytest.fixture
 def fault_fit(tmp_path) -> FaultFit:
     return FaultFit(tmp_path)
+
+
+# ------------------------------------------------------------------ untrusted checkpoints, CLI errors
+MTM_CLASS = "magvit_pl.lit.mtm.MTMModule"
+
+
+class TinyCheckpoints:
+    """magvit-pl checkpoints made directly, without training: a tokenizer (8x32x32 clips -> 4x8x8 tokens, 16 codes)
+    and a one-layer MTM on it, with hooks to plant hostile contents (a config gadget, odd hyper-parameters)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def tokenizer_model():
+        import torch
+
+        from magvit_pl.models.quantizers.vq import VectorQuantizer
+        from magvit_pl.models.tokenizer import VQTokenizer
+
+        torch.manual_seed(0)
+        return VQTokenizer(base_channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1, embedding_dim=8,
+                           temporal_downsample=(True, False), quantizer=VectorQuantizer(16, 8))
+
+    def tokenizer(self, name: str = "tokenizer.ckpt", config: dict | None = None, **extra) -> Path:
+        import torch
+
+        tok = self.tokenizer_model()
+        state = {f"{prefix}{k}": v for prefix in ("tokenizer.", "ema_tokenizer.") for k, v in tok.state_dict().items()}
+        ckpt = {"state_dict": state, "hyper_parameters": {"_class_path": "magvit_pl.lit.tokenizer.TokenizerModule", "lr": 1e-4},
+                "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 0,
+                "magvit": {"kind": "tokenizer", "tokenizer_config": config or tok.init_config, "codebook_size": 16}, **extra}
+        torch.save(ckpt, self.folder / name)
+        return self.folder / name
+
+    def mtm(self, name: str = "mtm.ckpt", tokenizer_config: dict | None = None, hparams: dict | None = None, num_frames: int = 8,
+            **extra) -> Path:
+        import torch
+
+        from magvit_pl.lit.mtm import MTMModule
+
+        model = MTMModule(tokenizer_ckpt=str(self.tokenizer("for_mtm.ckpt")), num_classes=8, num_frames=num_frames, resolution=32,
+                          hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, sample_steps=2)
+        model.configure_model()
+        ckpt = {"state_dict": model.state_dict(), "hyper_parameters": {"_class_path": MTM_CLASS, **dict(model.hparams), **(hparams or {})},
+                "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 0}
+        model.on_save_checkpoint(ckpt)
+        if tokenizer_config is not None:
+            ckpt["magvit"]["tokenizer_config"] = tokenizer_config
+        ckpt.update(extra)
+        torch.save(ckpt, self.folder / name)
+        return self.folder / name
+
+    def gadget(self, marker: Path) -> dict:
+        """A valid tokenizer config with a command hidden in one list element: building it (old magvit-pl
+        accepted any ``magvit_pl.`` callable) runs ``touch MARKER`` through magvit_pl.cli.run_function and os.system,
+        and the model still builds (the call returns None, read as False)."""
+        import copy
+
+        config = copy.deepcopy(self.tokenizer_model().init_config)
+        config["init_args"]["temporal_downsample"] = [
+            {"class_path": "magvit_pl.cli.run_function",
+             "init_args": {"name": "x", "target": "os:system", "args": ["--command", f"touch {marker}"]}},
+            False,
+        ]
+        return config
+
+
+@pytest.fixture
+def checkpoints(tmp_path) -> TinyCheckpoints:
+    return TinyCheckpoints(tmp_path / "ckpts")
+
+
+@pytest.fixture
+def cli_error(capsys) -> Callable[..., str]:
+    """``cli_error(args, code=2) -> line``: run ``magvit_pl.cli.main(args)`` in-process, check that it exits with
+    ``code``, printed no traceback and exactly one ``error:`` line; return that line."""
+    from magvit_pl.cli import main
+
+    def run(args: list[str], code: int = 2) -> str:
+        import logging
+
+        capsys.readouterr()
+        # Lightning adds stream handlers at import, bound to the sys.stderr of the test that first imported it (a
+        # capture closed since): bind every such handler to this test's stream, as in a fresh process
+        loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+        for handler in (h for lg in loggers for h in lg.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # (setStream would flush the closed one)
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert info.value.code == code and len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+    return run

@@ -188,6 +188,7 @@ def test_generate_command_refuses_a_hostile_input_in_one_line_and_writes_nothing
     class StandIn:
         task_names = ["frame_prediction"]
         hparams = SimpleNamespace(num_frames=T, resolution=R, num_classes=8, media_fps=8)
+        grid = (2, 4, 4)  # token grid: generate bounds --steps by its size
 
         def task(self, name):
             return SimpleNamespace(uses_class=False, family="prediction")

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from magvit_pl.checks import check_args
+from magvit_pl.errors import UserError
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
 
@@ -50,9 +52,15 @@ class LookupFreeQuantizer(ConfigMixin, Quantizer):
         norm_groups: int = 1,  # non-affine GroupNorm before quantizing; 0 = none
     ):
         super().__init__()
-        assert 1 <= dim <= 30, f"dim must be in [1, 30] (2^dim codes), got {dim}"
-        assert dim % entropy_groups == 0, f"entropy_groups ({entropy_groups}) must divide dim ({dim})"
-        assert norm_groups == 0 or dim % norm_groups == 0, f"norm_groups ({norm_groups}) must divide dim ({dim})"
+        check_args("quantizer", locals(), {"dim": ">= 1", "commitment_weight": ">= 0", "entropy_weight": ">= 0",
+                                           "entropy_groups": ">= 1", "entropy_temperature": "> 0", "entropy_anneal_steps": ">= 0",
+                                           "entropy_anneal_ratio": ">= 0", "code_scale": "> 0", "norm_groups": ">= 0"})
+        if dim > 30:
+            raise UserError(f"quantizer.dim={dim}: must be in [1, 30] (2^dim codes)")
+        if dim % entropy_groups:
+            raise UserError(f"quantizer.entropy_groups={entropy_groups}: must divide dim ({dim})")
+        if norm_groups and dim % norm_groups:
+            raise UserError(f"quantizer.norm_groups={norm_groups}: must divide dim ({dim}), or be 0")
         self.dim = dim
         self.commitment_weight = commitment_weight
         self.entropy_weight = entropy_weight

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from magvit_pl.checks import check_args
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
 
@@ -52,8 +53,9 @@ class VectorQuantizer(ConfigMixin, Quantizer):
         dead_code_threshold: int = 100,  # steps unused before a restart
     ):
         super().__init__()
-        assert codebook_size >= 2, f"codebook_size must be at least 2, got {codebook_size}"
-        assert entropy_temperature > 0, f"entropy_temperature must be positive, got {entropy_temperature}"
+        check_args("quantizer", locals(), {"codebook_size": ">= 2", "embedding_dim": ">= 1", "commitment_weight": ">= 0",
+                                           "codebook_weight": ">= 0", "entropy_weight": ">= 0", "entropy_temperature": "> 0",
+                                           "entropy_anneal_steps": ">= 0", "entropy_anneal_ratio": ">= 0", "dead_code_threshold": ">= 1"})
         self.num_codes = codebook_size
         self.embedding_dim = embedding_dim
         self.commitment_weight = commitment_weight
