@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from magvit_pl.models.config import ConfigMixin
-from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
+from magvit_pl.models.quantizers.base import Quantizer, QuantizerOutput, entropy_loss
 
 
 class VectorQuantizer(ConfigMixin, Quantizer):
