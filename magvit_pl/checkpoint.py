@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 
 from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.config import build_from_config
 
 TOKENIZER_PREFIX = "ema_tokenizer."
@@ -61,7 +62,7 @@ def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Mo
     meta = ckpt.get("magvit", {})
     if meta.get("kind") != "tokenizer":
         raise UserError(f"{path} is not a magvit-pl tokenizer checkpoint (kind={meta.get('kind')!r}); train one with: python cli.py fit --config configs/tokenizer.yaml")
-    model = build_from_config(meta["tokenizer_config"])
+    model = build_from_config(drop_legacy_flag(meta["tokenizer_config"]))
     prefix = TOKENIZER_PREFIX if use_ema else "tokenizer."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

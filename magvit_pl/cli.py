@@ -152,10 +152,23 @@ def _make_cli_class():
         def parse_arguments(self, parser, args) -> None:
             from jsonargparse import ArgumentError
 
+            from magvit_pl.lit.mtm_options import explain_option_error  # the MTM's options moved into groups
+
             try:
                 super().parse_arguments(parser, args)
             except ArgumentError as err:
-                raise UserError(_one_line(err)) from None
+                raise UserError(explain_option_error(_one_line(err))) from None
+
+        def _parse_ckpt_path(self) -> None:  # Lightning merges the checkpoint's hyper-parameters here
+            from jsonargparse import ArgumentError
+
+            from magvit_pl.lit.mtm_options import explain_checkpoint_error
+
+            try:
+                super()._parse_ckpt_path()
+            except ArgumentError as err:
+                path = self.config[self.config.subcommand].get("ckpt_path")
+                raise UserError(explain_checkpoint_error(path, _one_line(err))) from None
 
         def before_instantiate_classes(self) -> None:
             from magvit_pl.hardware import check_trainer_config
