@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from timing import sync, timed
+from magvit_pl.models.checkpointing import apply_activation_checkpointing
 
 HEADS, HEAD_DIM = 12, 64  # the B transformer's attention
 # model name → what it is, its sizes, and the batches to run: (cpu, cpu --quick, cuda, cuda --quick)
@@ -201,8 +202,11 @@ def train_point(name: str, batch: int, ckpt: bool, device: torch.device) -> tupl
         seq, K = c["tokens"] + PREFIX, c["codebook"]
         model = transformer_from_preset(
             c["preset"], vocab_size=K + 128, seq_len=seq, codebook_size=K, dropout=0.1, attention_dropout=0.1,
-            attention_backend="sdpa", activation_checkpointing=ckpt,
-        ).to(device).train()
+            attention_backend="sdpa",
+        )
+        if ckpt:
+            apply_activation_checkpointing(model)
+        model = model.to(device).train()
         tokens = torch.randint(0, K + 128, (batch, seq), device=device)
         targets = torch.randint(0, K, (batch, seq), device=device)
 
@@ -214,7 +218,10 @@ def train_point(name: str, batch: int, ckpt: bool, device: torch.device) -> tupl
         from magvit_pl.models.tokenizer import VQTokenizer
 
         T, H, W = c["clip"]
-        model = VQTokenizer.from_preset(c["preset"], **c["overrides"], activation_checkpointing=ckpt).to(device).train()
+        model = VQTokenizer.from_preset(c["preset"], **c["overrides"])
+        if ckpt:
+            apply_activation_checkpointing(model)
+        model = model.to(device).train()
         video = torch.rand(batch, 3, T, H, W, device=device) * 2 - 1
 
         def loss_fn():

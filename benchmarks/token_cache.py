@@ -45,6 +45,8 @@ def main() -> None:
 
     from magvit_pl.data.datamodule import VideoDataModule
     from magvit_pl.lit.mtm import MTMModule
+    from magvit_pl.lit.mtm_batch import commit_step, tokenize
+    from magvit_pl.lit.mtm_options import constructor_args
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     m_args = dict(cfg["model"]["init_args"], tokenizer_ckpt=args.tokenizer_ckpt)
@@ -56,7 +58,7 @@ def main() -> None:
 
     models = {}
     for mode, clips in (("off", 0), ("warm", 4096)):
-        model = MTMModule(**{**m_args, "token_cache_clips": clips})
+        model = MTMModule(**constructor_args({**m_args, "token_cache_clips": clips}))  # YAML groups -> dataclasses
         model.configure_model()
         model.train()
         opt = torch.optim.AdamW(model.transformer.parameters(), lr=1e-4)
@@ -68,8 +70,8 @@ def main() -> None:
         model, opt = models[mode]
         data = b if mode == "warm" else batch
         task = model.task(model._next_task())
-        t = model.tokenize(data, task, z=model.clip_tokens(data))
-        loss, _, _ = model._loss(t, task, generator=None)
+        inputs = tokenize(model.tokenizer, model.vocab, task, data["video"], data.get("label"), z=model.clip_tokens(data))
+        loss, _, _ = commit_step(model.transformer, inputs, model.vocab, model.commit_config, drop_classes=task.uses_class)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

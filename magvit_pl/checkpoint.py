@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.config import build_from_config, check_config, check_values
 
 TOKENIZER_PREFIX = "ema_tokenizer."
@@ -147,7 +148,7 @@ def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Mo
     are built from the checkpoint's recorded config (see :mod:`magvit_pl.models.config`).
     """
     meta, _, state_dict = read_model_checkpoint(path, "tokenizer")
-    model = build_from_config(meta["tokenizer_config"], f"checkpoint {path}")
+    model = build_from_config(drop_legacy_flag(meta["tokenizer_config"]), f"checkpoint {path}")
     prefix = TOKENIZER_PREFIX if use_ema else "tokenizer."
     load_weights(model, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, path)
     return model.eval().requires_grad_(False)

@@ -211,10 +211,12 @@ def _make_cli_class():
             from jsonargparse import ArgumentError
 
             check_config_files(list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else [])
+            from magvit_pl.lit.mtm_options import explain_option_error  # the MTM's options moved into groups
+
             try:
                 super().parse_arguments(parser, args)
             except ArgumentError as err:
-                raise UserError(_one_line(err)) from None
+                raise UserError(explain_option_error(_one_line(err))) from None
             except UnicodeDecodeError as err:
                 raise UserError(f"a config file is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
@@ -239,7 +241,9 @@ def _make_cli_class():
             try:
                 self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
             except Exception as err:  # noqa: BLE001 - jsonargparse reports a mismatch in several ways
-                raise UserError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit the model config ({_one_line(err)[:300]})") from None
+                from magvit_pl.lit.mtm_options import explain_checkpoint_error  # old flat MTM layout: how to upgrade
+
+                raise UserError(explain_checkpoint_error(ckpt_path, _one_line(err)[:300])) from None
 
         def instantiate_classes(self) -> None:
             """Build model, data and trainer; a UserError (or Lightning configuration error) raised inside any

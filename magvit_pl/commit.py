@@ -32,7 +32,28 @@ from magvit_pl.errors import UserError
 
 Mode = Literal["commit", "naive"]
 MODES: tuple[str, ...] = ("commit", "naive")
+Schedule = Literal["cosine", "linear", "exp"]
 PREFIX_LEN = 2  # [task token][class token or UNCOND]
+
+
+@dataclass(frozen=True)
+class CommitConfig:
+    """How the MTM is trained (and how its decoding re-masks, which shares the schedule and mode).
+
+    Args:
+        mode: ``commit`` (the paper) or ``naive`` (plain MTM ablation: no z̃ in the input).
+        mask_schedule: Mask-ratio schedule used in training and decoding.
+        loss_weights: Weights of the refine / mask / reconstruct token groups.
+        label_smoothing: Label smoothing of the token cross-entropy.
+        class_dropout_prob: Probability of replacing the class token by UNCOND in training
+            (classifier-free guidance).
+    """
+
+    mode: Mode = "commit"
+    mask_schedule: Schedule = "cosine"
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    label_smoothing: float = 1e-4
+    class_dropout_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,10 +245,18 @@ def build_prefix(
     else:
         task_tok = task.reshape(-1).long().to(device).expand(batch_size)
     cls_tok = vocab.class_token(labels, batch_size, device)
-    if class_dropout_prob > 0:
-        drop = torch.rand(batch_size, generator=generator, device=device) < class_dropout_prob
-        cls_tok = torch.where(drop, torch.full_like(cls_tok, vocab.uncond), cls_tok)
-    return torch.stack([task_tok, cls_tok], dim=1)  # (B, 2)
+    prefix = torch.stack([task_tok, cls_tok], dim=1)  # (B, 2)
+    return drop_class_tokens(prefix, vocab, class_dropout_prob, generator)
+
+
+def drop_class_tokens(prefix: Tensor, vocab: Vocab, prob: float, generator: torch.Generator | None = None) -> Tensor:
+    """``prefix`` ``(B, 2)`` with each sample's class token replaced by UNCOND with probability ``prob``
+    (classifier-free guidance training); ``prefix`` itself when ``prob`` is 0."""
+    if prob <= 0:
+        return prefix
+    drop = torch.rand(prefix.shape[0], generator=generator, device=prefix.device) < prob  # (B,)
+    cls_tok = torch.where(drop, torch.full_like(prefix[:, 1], vocab.uncond), prefix[:, 1])
+    return torch.stack([prefix[:, 0], cls_tok], dim=1)
 
 
 def build_inputs(

@@ -94,10 +94,10 @@ def generate(
         raise UserError(f"--task {task} needs a condition clip: pass --input FILE")
     batch = {"video": video, "label": torch.tensor([class_id or 0])}
     out = model.generate(batch, task, seed=seed, steps=steps)
-    write_video(out_path, to_uint8(out["generated"])[0], fps=hp.media_fps)
+    write_video(out_path, to_uint8(out.generated)[0], fps=hp.media_fps)
     written = [out_path]
     if grid:
-        written += save_video_grid(out_path.with_name(out_path.stem + "_grid"), [out["condition"], out["generated"], video], fps=hp.media_fps, formats=(out_path.suffix[1:],))
+        written += save_video_grid(out_path.with_name(out_path.stem + "_grid"), [out.inputs.condition.video, out.generated, video], fps=hp.media_fps, formats=(out_path.suffix[1:],))
     for path in written:
         print(f"wrote {path}")
     return out_path

@@ -22,6 +22,7 @@ each on a batch of 2B; logits are ``c + s·(c − u)``, where the unconditional 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,6 +32,25 @@ from magvit_pl.commit import Mode, Vocab, mask_ratio_schedule
 from magvit_pl.errors import UserError
 
 ModelFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How clips are sampled (validation grids, ``test``, ``generate``) with :func:`decode`.
+
+    Args:
+        steps: Decoding steps K (model calls per clip; 12 in the paper).
+        choice_temperature: Gumbel temperature of the confidence (annealed linearly to 0).
+        temperature: Sampling temperature of the token distribution (0 = greedy).
+        top_k: Sample among the k most likely codes only (None = all codes).
+        guidance_scale: Classifier-free guidance scale (0 = off).
+    """
+
+    steps: int = 12
+    choice_temperature: float = 4.5
+    temperature: float = 1.0
+    top_k: int | None = None
+    guidance_scale: float = 0.0
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

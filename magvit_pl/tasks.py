@@ -6,7 +6,12 @@ A task tells the multi-task transformer (COMMIT, MAGVIT §3) what part of a clip
   what is given (True = given);
 * ``latent_mask(pixel_mask, downsample)`` → which token positions are condition (their z̃ token is
   used);
-* ``metrics()`` / ``update_metrics(...)`` → how generated clips are scored.
+* ``metrics()`` → how generated clips are scored: torchmetrics whose ``update`` takes
+  ``(generated, real, given)`` (``given`` = the pixel mask), one call signature for every metric.
+
+A plugin is a subclass of :class:`Task`; its constructor arguments are its options. Options set once
+for a whole run (``num_cond_frames``, ``latent_rule``) reach only the tasks whose constructor declares
+them: a plugin that needs neither declares neither.
 
 Tasks are plugins, loaded explicitly (pluggy-style) from the entry-point group ``magvit_pl.tasks``;
 the ten built-ins in the ``tasks`` package are registered exactly like third-party ones::
@@ -38,7 +43,7 @@ import dataclasses
 import importlib.metadata
 import inspect
 import logging
-from typing import Any, ClassVar, Literal, NamedTuple, get_args
+from typing import Any, ClassVar, Literal, Mapping, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -109,14 +114,14 @@ class Task(abc.ABC):
     """Base class of a MAGVIT task plugin.
 
     Subclasses set the class attributes and implement :meth:`build_condition`; everything else has a
-    default. Constructor arguments must be typed and documented (they become CLI help).
+    default. Constructor arguments are the task's options: typed and documented (they become CLI help),
+    each passed only to the tasks that declare it.
 
     Args:
-        num_cond_frames: number of given frames for tasks that condition on frames (1 for BAIR,
-            5 for Kinetics-600); tasks that do not use frames accept and ignore it.
         latent_rule: how the latent condition mask is derived: ``'task'`` (the task's own latent
             region, as in the official code), ``'any'`` (token given if any pixel of its patch is) or
-            ``'all'`` (token given only if its whole patch is).
+            ``'all'`` (token given only if its whole patch is). A subclass with its own constructor
+            declares it only if it wants it to be set (otherwise ``'task'``).
     """
 
     name: ClassVar[str] = ""
@@ -128,16 +133,14 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     """One line for ``cli.py tasks``."""
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task") -> None:
-        if isinstance(num_cond_frames, bool) or not isinstance(num_cond_frames, int) or num_cond_frames < 1:
-            raise TaskError(f"{self.name or type(self).__name__}: num_cond_frames must be an integer >= 1, got {num_cond_frames!r}")
+    def __init__(self, latent_rule: LatentRule = "task") -> None:
         if latent_rule not in LATENT_RULES:
             raise TaskError(f"{self.name or type(self).__name__}: latent_rule must be one of {LATENT_RULES}, got {latent_rule!r}")
-        self.num_cond_frames = num_cond_frames
         self.latent_rule = latent_rule
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, num_cond_frames={self.num_cond_frames}, latent_rule={self.latent_rule!r})"
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}(name={self.name!r}, {options})"
 
     @abc.abstractmethod
     def build_condition(self, video: Tensor, generator: torch.Generator | None = None) -> Condition:
@@ -159,13 +162,15 @@ class Task(abc.ABC):
     def metrics(self, include_fvd: bool = True) -> dict[str, Any]:
         """Fresh metrics for this task: FVD (when its weights are cached) and PSNR/SSIM on the given region.
 
-        A metric that cannot be built (I3D weights not fetched) is left out and logged once.
+        Every metric's ``update`` takes ``(generated, real, given)``: clips ``(B, C, T, H, W)`` in
+        [-1, 1] and the bool pixel mask ``(B, 1, T, H, W)`` of what the task gave. A metric that cannot be
+        built (I3D weights not fetched) is left out and logged once.
         """
         from magvit_pl.metrics.masked import MaskedPSNR, MaskedSSIM
 
         out: dict[str, Any] = {}
         if include_fvd:
-            fvd = build_fvd()
+            fvd = build_fvd(paired=True)
             if fvd is not None:
                 out["fvd"] = fvd
         out["psnr_given"] = MaskedPSNR()
@@ -173,35 +178,23 @@ class Task(abc.ABC):
         return out
 
     def update_metrics(self, metrics: dict[str, Any], generated: Tensor, real: Tensor, condition: Condition) -> None:
-        """Feed one batch to every metric in ``metrics``, each in the form it expects.
-
-        * metrics whose ``update`` takes ``real=`` (FVD-like): ``update(real, real=True)`` then
-          ``update(generated, real=False)``;
-        * masked metrics (``update(preds, target, mask)``): scored on ``condition.pixel_mask``;
-        * anything else: ``update(generated, real)``.
-        """
+        """Feed one batch to every metric of ``metrics``: ``update(generated, real, condition.pixel_mask)``."""
         for metric in metrics.values():
-            params = inspect.signature(metric.update).parameters
-            if "real" in params:
-                metric.update(real, real=True)
-                metric.update(generated, real=False)
-            elif "mask" in params:
-                metric.update(generated, real, condition.pixel_mask)
-            else:
-                metric.update(generated, real)
+            metric.update(generated, real, condition.pixel_mask)
 
 
-def build_fvd() -> Any | None:
-    """``FrechetVideoDistance()`` or None (logged once) when its module or I3D weights are missing."""
+def build_fvd(paired: bool = False) -> Any | None:
+    """``FrechetVideoDistance()`` (``PairedFVD()``, the task-metric form, when ``paired``) or None (logged
+    once) when its module or I3D weights are missing."""
     try:
-        from magvit_pl.metrics.fvd import FrechetVideoDistance
+        from magvit_pl.metrics.fvd import FrechetVideoDistance, PairedFVD  # lazy: pulls in the I3D network
     except ModuleNotFoundError as err:
         if err.name != "magvit_pl.metrics.fvd":
             raise
         _log_skip("fvd", "FVD skipped: magvit_pl.metrics.fvd is not available")
         return None
     try:
-        return FrechetVideoDistance()
+        return PairedFVD() if paired else FrechetVideoDistance()
     except MissingWeightsError as err:
         _log_skip("fvd", f"FVD skipped: {err} (run: {FETCH_I3D})")
         return None
@@ -217,11 +210,8 @@ def _log_skip(key: str, message: str) -> None:
 # Contract check and loader
 # ---------------------------------------------------------------------------------------------
 
-_REQUIRED_CALLABLES = ("build_condition", "latent_mask", "metrics", "update_metrics")
-
-
-def validate_task(obj: Any, package: str = "<unknown>") -> Any:
-    """Check that a loaded plugin object (a Task subclass, or a duck-typed class) meets the contract.
+def validate_task(obj: Any, package: str = "<unknown>") -> type[Task]:
+    """Check that a loaded plugin object is a concrete :class:`Task` subclass with valid class attributes.
 
     Returns ``obj``; raises :class:`TaskError` naming ``package`` and the broken rule.
     """
@@ -231,20 +221,17 @@ def validate_task(obj: Any, package: str = "<unknown>") -> Any:
 
     if not isinstance(obj, type):
         raise broken("the entry point must name a class (a subclass of magvit_pl.tasks.Task)")
-    name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise broken(f"'name' must be a non-empty identifier string, got {name!r}")
-    family = getattr(obj, "family", None)
-    if not isinstance(family, str) or not family.isidentifier():
-        raise broken(f"'family' must be a non-empty identifier string, got {family!r}")
-    if not isinstance(getattr(obj, "uses_class", False), bool):
-        raise broken(f"'uses_class' must be a bool, got {getattr(obj, 'uses_class')!r}")
-    if not isinstance(getattr(obj, "description", None), str):
+    if not issubclass(obj, Task):
+        raise broken("the entry point must name a subclass of magvit_pl.tasks.Task (a class with the same methods is not one)")
+    if not isinstance(obj.name, str) or not obj.name.isidentifier():
+        raise broken(f"'name' must be a non-empty identifier string, got {obj.name!r}")
+    if not isinstance(obj.family, str) or not obj.family.isidentifier():
+        raise broken(f"'family' must be a non-empty identifier string, got {obj.family!r}")
+    if not isinstance(obj.uses_class, bool):
+        raise broken(f"'uses_class' must be a bool, got {obj.uses_class!r}")
+    if not isinstance(obj.description, str):
         raise broken("'description' must be a string")
-    missing = [m for m in _REQUIRED_CALLABLES if not callable(getattr(obj, m, None))]
-    if missing:
-        raise broken(f"missing method(s) {', '.join(missing)}")
-    abstract = sorted(getattr(obj, "__abstractmethods__", ()))
+    abstract = sorted(obj.__abstractmethods__)
     if abstract:
         raise broken(f"abstract method(s) not implemented: {', '.join(abstract)}")
     return obj
@@ -327,33 +314,47 @@ def _unknown(name: str, specs: dict[str, TaskSpec]) -> TaskError:
     )
 
 
-def _instantiate(cls: type[Task], package: str, kwargs: dict[str, Any], strict: bool) -> Task:
-    """``cls(**kwargs)``; with ``strict=False`` arguments the constructor does not take are dropped."""
-    params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = {k: v for k, v in kwargs.items() if takes_any or k in params}
-    if strict and len(accepted) != len(kwargs):
-        unknown = sorted(set(kwargs) - set(accepted))
-        allowed = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_POSITIONAL]
-        raise TaskError(f"task '{cls.name}' (package '{package}') does not take {', '.join(unknown)}; it takes: {', '.join(allowed) or 'nothing'}")
-    return cls(**accepted)
+def declared_options(cls: type[Task]) -> tuple[str, ...] | None:
+    """The options (constructor keyword arguments) ``cls`` declares; None when it takes ``**kwargs``."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL)
 
 
-def get_task(name: str, group: str = ENTRY_POINT_GROUP, **task_kwargs: Any) -> Task:
-    """Build the task registered as ``name`` with ``task_kwargs`` (errors list what is available)."""
+def _instantiate(cls: type[Task], package: str, kwargs: dict[str, Any], shared: Mapping[str, Any] | None = None) -> Task:
+    """``cls(**kwargs, **the shared options it declares)``; an option in ``kwargs`` it does not declare is an error."""
+    declared = declared_options(cls)
+    unknown = sorted(k for k in kwargs if declared is not None and k not in declared)
+    if unknown:
+        raise TaskError(f"task '{cls.name}' (package '{package}') does not take {', '.join(unknown)}; it takes: {', '.join(declared or ()) or 'nothing'}")
+    picked = {k: v for k, v in (shared or {}).items() if declared is None or k in declared}
+    return cls(**{**picked, **kwargs})
+
+
+def get_task(name: str, group: str = ENTRY_POINT_GROUP, *, shared: Mapping[str, Any] | None = None, **task_kwargs: Any) -> Task:
+    """Build the task registered as ``name`` (errors list what is available).
+
+    Args:
+        name: the task's name.
+        group: entry-point group to read.
+        shared: run-wide options (e.g. ``num_cond_frames``, ``latent_rule`` from the MTM config); each is
+            passed only if the task's constructor declares it.
+        task_kwargs: options for this task; one it does not declare is an error.
+    """
     specs = discover_tasks(group)
     if name not in specs:
         raise _unknown(name, specs)
     spec = specs[name]
-    return _instantiate(spec.load(), spec.package, task_kwargs, strict=True)
+    return _instantiate(spec.load(), spec.package, task_kwargs, shared)
 
 
 def resolve_tasks(name_or_family: str, group: str = ENTRY_POINT_GROUP, **task_kwargs: Any) -> list[Task]:
     """Tasks for a ``--task`` value: one task by name, or every task of a family sorted by name.
 
     A task name wins over a family of the same name. For a family, each task receives the
-    ``task_kwargs`` its constructor accepts (e.g. ``pad_value`` reaches only zero-padded tasks); an
-    argument no task of the family takes is an error.
+    ``task_kwargs`` it declares (e.g. ``pad_value`` reaches only zero-padded tasks); an argument no
+    task of the family declares is an error.
     """
     specs = discover_tasks(group)
     if name_or_family in specs:
@@ -362,15 +363,11 @@ def resolve_tasks(name_or_family: str, group: str = ENTRY_POINT_GROUP, **task_kw
     members = sorted(n for n, cls in classes.items() if cls.family == name_or_family)
     if not members:
         raise _unknown(name_or_family, specs)
-    unused = sorted(k for k in task_kwargs if not any(_takes(classes[n], k) for n in members))
+    options = [declared_options(classes[n]) for n in members]
+    unused = sorted(k for k in task_kwargs if not any(o is None or k in o for o in options))
     if unused:
         raise TaskError(f"no task of family '{name_or_family}' takes {', '.join(unused)}; tasks: {', '.join(members)}")
-    return [_instantiate(classes[n], specs[n].package, task_kwargs, strict=False) for n in members]
-
-
-def _takes(cls: type, arg: str) -> bool:
-    params = inspect.signature(cls.__init__).parameters
-    return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return [_instantiate(classes[n], specs[n].package, {}, task_kwargs) for n in members]
 
 
 class TaskRow(NamedTuple):

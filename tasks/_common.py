@@ -14,19 +14,19 @@ import abc
 import torch
 from torch import Tensor
 
-from magvit_pl.tasks import Condition, Task, TaskError, latent_shape
+from magvit_pl.tasks import Condition, LatentRule, Task, TaskError, latent_shape
 
 BLACK = -1.0
 """The official constant padding (0 in [0, 1]) expressed in our [-1, 1] range."""
 
 
-def check_video(task: Task, video: Tensor, min_frames: int = 1) -> tuple[int, int, int, int]:
-    """Validate a ``(B, C, T, H, W)`` float clip batch; returns ``(B, T, H, W)``."""
+def check_video(task: Task, video: Tensor, min_frames: int = 1, why: str = "") -> tuple[int, int, int, int]:
+    """Validate a ``(B, C, T, H, W)`` float clip batch of at least ``min_frames`` frames; returns ``(B, T, H, W)``."""
     if video.ndim != 5 or not video.is_floating_point():
         raise ValueError(f"{task.name}: video must be a float (B, C, T, H, W) tensor, got {video.dtype} {tuple(video.shape)}")
     b, _, t, h, w = video.shape
     if t < min_frames:
-        raise TaskError(f"{task.name} with num_cond_frames={task.num_cond_frames} needs clips of at least {min_frames} frames, got {t}")
+        raise TaskError(f"{task.name}{why} needs clips of at least {min_frames} frames, got {t}")
     return b, t, h, w
 
 
@@ -78,6 +78,26 @@ def repeat_last_given(video: Tensor, n: int) -> Tensor:
 def fill_outside(video: Tensor, region: Tensor, value: float) -> Tensor:
     """Keep pixels where ``region`` (broadcastable to the video) is True, set the others to ``value``."""
     return torch.where(region, video, torch.full((), value, dtype=video.dtype, device=video.device))
+
+
+class FrameTask(Task):
+    """A task whose condition is whole frames: it declares ``num_cond_frames`` (and ``latent_rule``).
+
+    Args:
+        num_cond_frames: number of given frames (1 for BAIR, 5 for Kinetics-600 frame prediction).
+        latent_rule: latent condition mask rule: 'task' (official), 'any' or 'all'.
+    """
+
+    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task") -> None:
+        super().__init__(latent_rule=latent_rule)
+        n = num_cond_frames
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TaskError(f"{self.name or type(self).__name__}: num_cond_frames must be an integer >= 1, got {n!r}")
+        self.num_cond_frames = n
+
+    def check_frames(self, video: Tensor, min_frames: int) -> tuple[int, int, int, int]:
+        """:func:`check_video`, naming ``num_cond_frames`` when the clip is too short."""
+        return check_video(self, video, min_frames, why=f" with num_cond_frames={self.num_cond_frames}")
 
 
 class RegionTask(Task):

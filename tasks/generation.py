@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from magvit_pl.tasks import Condition, LatentRule, Task, build_fvd
+from magvit_pl.tasks import Condition, Task, build_fvd
 from tasks._common import BLACK, check_pad_value, check_video
 
 
@@ -20,8 +20,6 @@ class ClassGeneration(Task):
     """Generate a whole clip from its class label.
 
     Args:
-        num_cond_frames: unused; accepted for a uniform interface.
-        latent_rule: latent condition mask rule (the mask is empty under every rule).
         pad_value: value of the (unused) condition video, in [-1, 1].
     """
 
@@ -30,8 +28,8 @@ class ClassGeneration(Task):
     uses_class = True
     description = "generate a clip from its class label only (CG)"
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task", pad_value: float = BLACK) -> None:
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
+    def __init__(self, pad_value: float = BLACK) -> None:
+        super().__init__()  # the latent mask is empty under every latent_rule: not an option here
         self.pad_value = check_pad_value(self.name, pad_value)
 
     def build_condition(self, video: Tensor, generator: torch.Generator | None = None) -> Condition:
@@ -43,5 +41,5 @@ class ClassGeneration(Task):
 
     def metrics(self, include_fvd: bool = True) -> dict[str, Any]:
         """FVD only (nothing is given, so there is no region to check)."""
-        fvd = build_fvd() if include_fvd else None
+        fvd = build_fvd(paired=True) if include_fvd else None
         return {} if fvd is None else {"fvd": fvd}

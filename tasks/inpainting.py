@@ -17,14 +17,13 @@ from tasks._common import BLACK, RegionTask, centre, check_pad_value, fill_outsi
 class _Inpainting(RegionTask):
     family = "inpainting"
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task", pad_value: float = BLACK) -> None:
+    def __init__(self, latent_rule: LatentRule = "task", pad_value: float = BLACK) -> None:
         """
         Args:
-            num_cond_frames: unused (the region is spatial); accepted for a uniform interface.
             latent_rule: latent condition mask rule: 'task' (official), 'any' or 'all'.
             pad_value: value of the missing pixels in Ṽ, in [-1, 1] (-1 = black, as official).
         """
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
+        super().__init__(latent_rule=latent_rule)
         self.pad_value = check_pad_value(self.name, pad_value)
 
     def pad(self, video: Tensor, region: Tensor) -> Tensor:

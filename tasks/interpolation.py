@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from magvit_pl.tasks import Condition, LatentRule, Task
-from tasks._common import check_video, frames_given
+from magvit_pl.tasks import Condition
+from tasks._common import FrameTask, frames_given
 
 
-class FrameInterpolation(Task):
+class FrameInterpolation(FrameTask):
     """Fill in the frames between given first and last frames.
 
     Args:
@@ -28,13 +28,10 @@ class FrameInterpolation(Task):
     uses_class = False
     description = "fill in the frames between the first and the last frame (FI)"
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task") -> None:
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
-
     def build_condition(self, video: Tensor, generator: torch.Generator | None = None) -> Condition:
         """Ends given, middle frames linearly blended between them. Deterministic."""
         n = self.num_cond_frames
-        b, t, h, w = check_video(self, video, min_frames=2 * n + 1)
+        b, t, h, w = self.check_frames(video, min_frames=2 * n + 1)
         missing = t - 2 * n
         start = video[:, :, n - 1 : n]  # (B, C, 1, H, W) last given frame of the start
         end = video[:, :, t - n : t - n + 1]  # (B, C, 1, H, W) first given frame of the end

@@ -29,20 +29,18 @@ class _StaticOutpainting(RegionTask):
 
     def __init__(
         self,
-        num_cond_frames: int = 1,
         latent_rule: LatentRule = "task",
         padding: Literal["edge", "constant"] = "edge",
         pad_value: float = BLACK,
     ) -> None:
         """
         Args:
-            num_cond_frames: unused (the region is spatial); accepted for a uniform interface.
             latent_rule: latent condition mask rule: 'task' (official), 'any' or 'all'.
             padding: 'edge' replicates the region's border pixels outward (official), 'constant'
                 fills with pad_value.
             pad_value: fill value for padding='constant', in [-1, 1] (-1 = black, as official).
         """
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
+        super().__init__(latent_rule=latent_rule)
         if padding not in ("edge", "constant"):
             raise TaskError(f"{self.name}: padding must be 'edge' or 'constant', got {padding!r}")
         self.padding = padding
@@ -93,7 +91,6 @@ class OutpaintingDynamic(RegionTask):
     """Given: a W/2-wide full-height stripe sliding from the left to the right edge. Constant padding.
 
     Args:
-        num_cond_frames: unused (the region is spatial); accepted for a uniform interface.
         latent_rule: latent condition mask rule: 'task' (official), 'any' or 'all'.
         pad_value: fill value outside the stripe, in [-1, 1] (-1 = black, as official).
     """
@@ -102,8 +99,8 @@ class OutpaintingDynamic(RegionTask):
     family = "outpainting"
     description = "generate around a W/2-wide stripe moving left to right (OPD)"
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task", pad_value: float = BLACK) -> None:
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
+    def __init__(self, latent_rule: LatentRule = "task", pad_value: float = BLACK) -> None:
+        super().__init__(latent_rule=latent_rule)
         self.pad_value = check_pad_value(self.name, pad_value)
 
     def given_region(self, t: int, h: int, w: int, device: torch.device | None = None) -> Tensor:

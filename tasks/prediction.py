@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from magvit_pl.tasks import Condition, LatentRule, Task
-from tasks._common import check_video, frames_given, repeat_last_given
+from magvit_pl.tasks import Condition
+from tasks._common import FrameTask, frames_given, repeat_last_given
 
 
-class FramePrediction(Task):
+class FramePrediction(FrameTask):
     """Predict the rest of the clip from its first frames.
 
     Args:
@@ -27,13 +27,10 @@ class FramePrediction(Task):
     uses_class = False
     description = "predict the future from the first num_cond_frames frames (FP)"
 
-    def __init__(self, num_cond_frames: int = 1, latent_rule: LatentRule = "task") -> None:
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
-
     def build_condition(self, video: Tensor, generator: torch.Generator | None = None) -> Condition:
         """First frames given, the last given frame repeated after them. Deterministic."""
         n = self.num_cond_frames
-        b, t, h, w = check_video(self, video, min_frames=n + 1)
+        b, t, h, w = self.check_frames(video, min_frames=n + 1)
         given = frames_given(t, n, device=video.device)  # (T,)
         mask = given[None, None, :, None, None].expand(b, 1, t, h, w).clone()  # (B, 1, T, H, W)
         return Condition(video=repeat_last_given(video, n), pixel_mask=mask)

@@ -33,8 +33,8 @@ def _fresh_run_dir_env(monkeypatch):
     os.environ.pop("MAGVIT_PL_RUN_DIR", None)
 
 
-TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
-            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4"]
+TINY_MTM = ["--model.transformer.hidden_dim", "32", "--model.transformer.num_layers", "2", "--model.transformer.num_heads", "2",
+            "--model.transformer.mlp_dim", "64", "--model.optim.warmup_steps", "1", "--model.sampling.steps", "4"]
 
 
 @pytest.fixture(scope="session")

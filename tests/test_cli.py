@@ -14,6 +14,9 @@ CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 HARDWARE = sorted(p for p in CONFIGS if p.parent.name == "hardware")
 DATA = sorted(p for p in CONFIGS if p.parent.name == "data")
 FULL = [p for p in CONFIGS if p not in HARDWARE and p not in DATA]
+# paper overlays (no class_path of their own): each is parsed composed after the file(s) it names
+OVERLAYS = {"mtm_L.yaml": ["mtm_B.yaml"], "mtm_bair.yaml": ["mtm_B.yaml"],
+            "tokenizer_L.yaml": ["tokenizer_B.yaml"], "tokenizer_bair.yaml": ["tokenizer_B.yaml"]}
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -86,8 +89,41 @@ def test_configs_are_found():
 def test_every_shipped_model_yaml_parses(config):
     # paper recipes hold model + schedule only: compose them with a data config, as the README does
     data = [] if config.parent.name == "configs" else [REPO / "configs" / "data" / ("bair.yaml" if "bair" in config.stem else "ucf101.yaml")]
-    out = print_config(config, *data)
+    bases = [config.parent / name for name in OVERLAYS.get(config.name, [])]
+    assert bases or "class_path: magvit_pl.lit." in config.read_text(), f"{config.name}: an overlay missing from OVERLAYS"
+    out = print_config(*bases, config, *data)
     assert "class_path: magvit_pl.lit." in out and "class_path: magvit_pl.data.VideoDataModule" in out
+
+
+def _model_of(*names: str) -> dict:
+    import yaml
+
+    data = REPO / "configs" / "data" / ("bair.yaml" if any("bair" in n for n in names) else "ucf101.yaml")
+    return yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))["model"]["init_args"]
+
+
+@pytest.mark.parametrize("names, size", [(["mtm_B.yaml"], "B"), (["mtm_B.yaml", "mtm_L.yaml"], "L"),
+                                         (["mtm_B.yaml", "mtm_L.yaml", "mtm_bair.yaml"], "L")])
+def test_paper_mtm_overlays_compose_to_the_named_sizes(names, size):
+    from magvit_pl.models.transformer import PRESETS
+
+    model = _model_of(*names)
+    assert {k: model["transformer"][k] for k in PRESETS[size]} == PRESETS[size]
+    assert (model["resolution"], model["num_classes"]) == ((64, 1) if "mtm_bair.yaml" in names else (128, 101))
+
+
+@pytest.mark.parametrize("names, size", [(["tokenizer_B.yaml"], "B"), (["tokenizer_B.yaml", "tokenizer_L.yaml"], "L"),
+                                         (["tokenizer_B.yaml", "tokenizer_bair.yaml"], "bair_B"),
+                                         (["tokenizer_B.yaml", "tokenizer_L.yaml", "tokenizer_bair.yaml"], "bair_L")])
+def test_paper_tokenizer_overlays_compose_to_the_named_sizes(names, size):
+    from magvit_pl.models.tokenizer import PRESETS
+
+    model = _model_of(*names)
+    tok, disc = model["tokenizer"]["init_args"], model["discriminator"]["init_args"]
+    want = dict(PRESETS[size])
+    assert tok["quantizer"]["init_args"]["codebook_size"] == want.pop("codebook_size")
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in tok.items() if k in want} == want
+    assert disc["base_channels"] == want["base_channels"] and disc["resolution"] == (64 if "bair" in size else 128)
 
 
 @pytest.mark.parametrize("config", DATA, ids=lambda p: p.name)
@@ -130,3 +166,21 @@ def test_console_script_entry_exits_zero_on_success():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "frame_prediction" in result.stdout
+
+
+@pytest.mark.parametrize("args, moved", [
+    (["--model.init_args.hidden_dim", "32"], "--model.transformer.hidden_dim"),
+    (["--model.init_args.sample_steps", "4"], "--model.sampling.steps"),
+    (["--model.init_args.tasks", "[frame_prediction]"], None),  # a group now: it lists its fields
+])
+def test_an_mtm_option_of_the_flat_layout_says_where_it_moved(capsys, args, moved):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), *args, "--print_config"])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and args[0].split(".")[-1] in err[0]
+    if moved:
+        assert f"MTM options are grouped now: {moved}" in err[0]
+    else:
+        assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule), not a single value; "
+                          "e.g. --model.tasks.names VALUE, or in YAML tasks: {names: ...}")

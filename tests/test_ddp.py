@@ -98,8 +98,8 @@ def test_tokenizer_fit_with_two_cpu_processes(tmp_path, uneven_data, tiny_tokeni
 def test_mtm_fit_with_two_cpu_processes(tmp_path, uneven_data, tokenizer_run):
     runs = tmp_path / "runs"
     fit_ddp("mtm.yaml", runs, "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
-            "--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
-            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.num_media_clips", "1",
+            "--model.transformer.hidden_dim", "32", "--model.transformer.num_layers", "2", "--model.transformer.num_heads", "2",
+            "--model.transformer.mlp_dim", "64", "--model.optim.warmup_steps", "1", "--model.init_args.num_media_clips", "1",
             *uneven_data)
     run = one_run_dir(runs, "mtm")
     check_checkpoint(run)

@@ -154,7 +154,7 @@ def sample_batch() -> dict[str, torch.Tensor]:
 
 
 def generated_tokens(ckpt: Path, task: str = "frame_prediction") -> torch.Tensor:
-    return MTMModule.from_checkpoint(str(ckpt)).generate(sample_batch(), task, seed=3, steps=4)["tokens"]
+    return MTMModule.from_checkpoint(str(ckpt)).generate(sample_batch(), task, seed=3, steps=4).tokens
 
 
 def assert_inference_only(exported: dict, kind: str, label: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MTM = ["--model.init_args.hidden_dim", "32", "--model.init_args.num_layers", "2", "--model.init_args.num_heads", "2",
-            "--model.init_args.mlp_dim", "64", "--model.init_args.warmup_steps", "1", "--model.init_args.sample_steps", "4",
+TINY_MTM = ["--model.transformer.hidden_dim", "32", "--model.transformer.num_layers", "2", "--model.transformer.num_heads", "2",
+            "--model.transformer.mlp_dim", "64", "--model.optim.warmup_steps", "1", "--model.sampling.steps", "4",
             "--trainer.enable_progress_bar", "false"]
 
 
@@ -61,7 +61,7 @@ def test_plugin_trains_and_tests_like_a_builtin(plugin_env, tokenizer_run, data_
     runs = tmp_path / "runs"
     cli(plugin_env, "fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs),
         "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
-        "--model.init_args.tasks", "[temporal_super_resolution, frame_prediction]",
+        "--model.tasks.names", "[temporal_super_resolution, frame_prediction]",
         "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
         *TINY_MTM, *data_args)
     out = cli(plugin_env, "test", "--task", "temporal_super_resolution", "--runs_root", str(runs),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from magvit_pl.commit import Vocab, build_prefix
-from magvit_pl.models.transformer import BidirectionalTransformer
+from magvit_pl.models.transformer import BidirectionalTransformer, TransformerConfig
 from magvit_pl.sampling import decode, decode_autoregressive, sample_logits
 
 VOCAB = Vocab(codebook_size=8, num_classes=3, task_names=("fp", "opc"))
@@ -132,9 +132,8 @@ def test_sample_logits_frequencies_follow_temperature():
 
 def _tiny(seed=0):
     torch.manual_seed(seed)
-    return BidirectionalTransformer(
-        VOCAB.size, 2 + N, hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64, codebook_size=K
-    ).eval()
+    config = TransformerConfig(hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64)
+    return BidirectionalTransformer(VOCAB.size, 2 + N, config, codebook_size=K).eval()
 
 
 def test_autoregressive_cached_equals_uncached():

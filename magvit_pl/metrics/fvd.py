@@ -194,6 +194,9 @@ class FrechetVideoDistance(Metric):
 
         With ``is_features``, ``videos`` are precomputed ``(B, D)`` features (see :meth:`features`).
         """
+        self._add(videos, real, is_features)
+
+    def _add(self, videos: torch.Tensor, real: bool, is_features: bool = False) -> None:
         if is_features:
             features = videos
             if features.ndim != 2:
@@ -371,6 +374,15 @@ class FrechetVideoDistance(Metric):
         """Forget the clips seen (cached real statistics stay)."""
         super().reset()
         self._clip_shape, self._counts = None, None
+
+
+class PairedFVD(FrechetVideoDistance):
+    """FVD in the form of a task metric: ``update(generated, real, given)`` adds the real and the
+    generated clips of one batch (``given``, the pixel mask of the condition, is not used)."""
+
+    def update(self, generated: torch.Tensor, real: torch.Tensor, given: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        self._add(real, True)
+        self._add(generated, False)
 
 
 def read_real_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int, str, dict[str, Any]]:

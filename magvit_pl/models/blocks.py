@@ -11,7 +11,6 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 PaddingMode = Literal["zeros", "reflect", "replicate"]
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -94,18 +93,6 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return h + self.shortcut(x)
-
-
-def maybe_checkpoint(block: nn.Module, x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """``block(x)``; when ``enabled`` and autograd is recording, through non-reentrant activation
-    checkpointing: the block keeps only its input for backward and recomputes its forward there.
-
-    The caller decides ``enabled`` (its flag and ``self.training``); outputs and gradients are the same
-    either way, double backward (R1) included.
-    """
-    if enabled and torch.is_grad_enabled():
-        return checkpoint(block, x, use_reentrant=False)
-    return block(x)
 
 
 def avg_pool_down(x: torch.Tensor, pool_time: bool = True) -> torch.Tensor:

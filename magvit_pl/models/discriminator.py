@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from magvit_pl.checks import check_args
 from magvit_pl.models.config import ConfigMixin
-from magvit_pl.models.blocks import avg_pool_down, maybe_checkpoint
+from magvit_pl.models.blocks import avg_pool_down
 
 
 def default_channel_multipliers(resolution: int) -> tuple[int, ...]:
@@ -53,9 +53,8 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
             (2, 4, 4, 4, 4) at 128 px, one block fewer per halving of ``resolution`` (4×4 at the end).
         num_frames: Frames of the clips it will see (fixes the size of the first Dense layer).
         resolution: Height and width of the clips it will see.
-        activation_checkpointing: In training with grad enabled, recompute each residual block in the
-            backward pass instead of keeping its activations (non-reentrant ``torch.utils.checkpoint``;
-            R1's double backward works through it). Same outputs and gradients.
+
+    Activation checkpointing is applied from outside (:mod:`magvit_pl.models.checkpointing`).
     """
 
     def __init__(
@@ -65,14 +64,12 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
         channel_multipliers: tuple[int, ...] | None = None,
         num_frames: int = 16,
         resolution: int = 128,
-        activation_checkpointing: bool = False,
     ):
         super().__init__()
         check_args("discriminator", locals(), {"in_channels": ">= 1", "base_channels": ">= 1", "channel_multipliers": ">= 1",
                                                "num_frames": ">= 1", "resolution": ">= 1"})
         mults = default_channel_multipliers(resolution) if channel_multipliers is None else tuple(channel_multipliers)
         self.input_shape = (in_channels, num_frames, resolution, resolution)
-        self.activation_checkpointing = bool(activation_checkpointing)
         self.conv_in = nn.Conv3d(in_channels, base_channels, 3, padding=1)
         blocks, ch, t, s = [], base_channels, num_frames, resolution
         for m in mults:
@@ -95,9 +92,8 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
                 "set num_frames / resolution to the clip size"
             )
         x = _act(self.conv_in(video))
-        ckpt = self.activation_checkpointing and self.training
         for block in self.blocks:
-            x = maybe_checkpoint(block, x, ckpt)
+            x = block(x)
         x = _act(self.conv_out(x))
         x = _act(self.fc(x.flatten(1)))  # (B, ch·t·h·w) → (B, ch)
         return self.head(x).squeeze(1)

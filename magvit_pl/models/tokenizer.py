@@ -26,7 +26,6 @@ from magvit_pl.models.blocks import (
     SameConv3d,
     avg_pool_down,
     group_norm,
-    maybe_checkpoint,
     nearest_up,
 )
 from magvit_pl.models.quantizers import QuantizerOutput, VectorQuantizer
@@ -54,11 +53,9 @@ class Encoder(nn.Module):
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
         norm_groups: int = 32,
-        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
-        self.activation_checkpointing = activation_checkpointing
         self.conv_in = SameConv3d(in_channels, base_channels, kernel, bias=False, padding_mode=padding_mode)
         self.levels = nn.ModuleList()
         ch = base_channels
@@ -73,15 +70,14 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv3d(ch, embedding_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ckpt = self.activation_checkpointing and self.training
         x = self.conv_in(x)
         for i, blocks in enumerate(self.levels):
             for block in blocks:
-                x = maybe_checkpoint(block, x, ckpt)
+                x = block(x)
             if i < len(self.levels) - 1:
                 x = avg_pool_down(x, pool_time=self.temporal_downsample[i])
         for block in self.mid:
-            x = maybe_checkpoint(block, x, ckpt)
+            x = block(x)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
@@ -100,11 +96,9 @@ class Decoder(nn.Module):
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
         norm_groups: int = 32,
-        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
-        self.activation_checkpointing = activation_checkpointing
         ch = base_channels * channel_multipliers[-1]
         self.conv_in = SameConv3d(embedding_dim, ch, kernel, bias=True, padding_mode=padding_mode)
         self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
@@ -122,14 +116,13 @@ class Decoder(nn.Module):
         self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ckpt = self.activation_checkpointing and self.training
         x = self.conv_in(x)
         for block in self.mid:
-            x = maybe_checkpoint(block, x, ckpt)
+            x = block(x)
         n = len(self.levels)
         for j, blocks in enumerate(self.levels):
             for block in blocks:
-                x = maybe_checkpoint(block, x, ckpt)
+                x = block(x)
             level = n - 1 - j
             if level > 0:
                 x = nearest_up(x, up_time=self.temporal_downsample[level - 1])
@@ -158,11 +151,9 @@ class VQTokenizer(ConfigMixin, nn.Module):
         norm_groups: Groups of every GroupNorm (MAGVIT: 32; fewer when the width is not a multiple).
             At small widths 32 groups hold one channel each, which normalises away every channel's
             mean over the clip, global colour included (the CPU demo uses 4). 0 = no normalisation.
-        activation_checkpointing: In training with grad enabled, run every encoder and decoder residual
-            block through ``torch.utils.checkpoint`` (non-reentrant): its activations are recomputed in
-            the backward pass instead of kept (one more forward of each block). Same outputs and
-            gradients; no effect in eval. Measured by ``benchmarks/memory.py``: the B preset's step at
-            16x128x128 peaks at half the memory (2.8 -> 1.4 GB per clip) for ~1.1x its CPU time.
+
+    Activation checkpointing is applied from outside (:mod:`magvit_pl.models.checkpointing`), by the
+    LightningModule's ``activation_checkpointing`` option.
     """
 
     def __init__(
@@ -177,7 +168,6 @@ class VQTokenizer(ConfigMixin, nn.Module):
         quantizer: nn.Module | None = None,
         in_channels: int = 3,
         norm_groups: int = 32,
-        activation_checkpointing: bool = False,
     ):
         super().__init__()
         check_args("tokenizer", locals(), {"base_channels": ">= 1", "channel_multipliers": ">= 1", "num_res_blocks": ">= 0",
@@ -204,15 +194,13 @@ class VQTokenizer(ConfigMixin, nn.Module):
         self.temporal_downsample = temporal_downsample
         self.embedding_dim = embedding_dim
         self.temporal_kernel_size = temporal_kernel_size
-        self.activation_checkpointing = bool(activation_checkpointing)
         kernel = (temporal_kernel_size, 3, 3)
         args = (
             base_channels, channel_multipliers, num_res_blocks, temporal_downsample, embedding_dim, kernel, padding_mode
         )
-        ckpt = self.activation_checkpointing
-        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups, activation_checkpointing=ckpt)
+        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups)
         self.quantizer = quantizer
-        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups, activation_checkpointing=ckpt)
+        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups)
 
     # ---- shapes
     @property

@@ -11,17 +11,48 @@ autoregressive baseline decoder in ``magvit_pl.sampling``; MAGVIT itself never u
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from magvit_pl.errors import UserError
 from magvit_pl.models.attention import Backend, KVCache, attention
 
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Shape and regularisation of the transformer (defaults: MAGVIT-B).
+
+    Args:
+        hidden_dim: Width of the residual stream (B: 768, L: 1024).
+        num_layers: Number of transformer blocks (B: 12, L: 24).
+        num_heads: Attention heads per block (B: 12, L: 16).
+        mlp_dim: Hidden width of each block's MLP (B: 3072, L: 4096).
+        dropout: Dropout on the embeddings and on each residual branch.
+        attention_dropout: Dropout on the attention probabilities.
+        layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
+        pre_norm: Pre-LN blocks with a final LN instead of BERT's post-LN.
+        attention_backend: ``sdpa`` (default), ``xformers`` (CUDA + xformers only, otherwise sdpa with a
+            logged notice) or ``math`` (reference).
+    """
+
+    hidden_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pre_norm: bool = False
+    attention_backend: Backend = "sdpa"
+
+
+#: Named sizes (layers / width / heads / MLP width) for code and benchmarks; the paper YAMLs
+#: (configs/paper/mtm_B.yaml, the mtm_L.yaml overlay) hold the same B and L, pinned by tests/test_cli.py.
 PRESETS: dict[str, dict[str, int]] = {
-    # name: layers / width / heads / MLP width
     "tiny": dict(num_layers=2, hidden_dim=64, num_heads=2, mlp_dim=256),
     "small": dict(num_layers=4, hidden_dim=128, num_heads=4, mlp_dim=512),
     "B": dict(num_layers=12, hidden_dim=768, num_heads=12, mlp_dim=3072),
@@ -108,58 +139,37 @@ class BidirectionalTransformer(nn.Module):
         self,
         vocab_size: int,
         seq_len: int,
-        hidden_dim: int = 768,
-        num_layers: int = 12,
-        num_heads: int = 12,
-        mlp_dim: int = 3072,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        layer_norm_eps: float = 1e-12,
-        pre_norm: bool = False,
-        attention_backend: Backend = "sdpa",
-        activation_checkpointing: bool = False,
+        config: TransformerConfig = TransformerConfig(),
         codebook_size: int | None = None,
     ):
         """
         Args:
             vocab_size: number of input token ids (codes, class tokens, special and task tokens).
             seq_len: longest sequence, prefix included (positions are learned).
-            hidden_dim: width of the residual stream.
-            num_layers: number of transformer blocks.
-            num_heads: attention heads per block.
-            mlp_dim: hidden width of each block's MLP.
-            dropout: dropout on embeddings and on each residual branch.
-            attention_dropout: dropout on the attention probabilities.
-            layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
-            pre_norm: pre-LN blocks with a final LN instead of BERT's post-LN.
-            attention_backend: ``sdpa`` (default), ``xformers`` (CUDA + xformers only, otherwise sdpa
-                with a logged notice) or ``math`` (reference).
-            activation_checkpointing: recompute each block in the backward pass (training only).
+            config: width, depth, heads, dropout, normalisation and attention kernel.
             codebook_size: logits cover token ids ``[0, codebook_size)`` only; None = the whole vocab.
         """
         super().__init__()
         codebook_size = vocab_size if codebook_size is None else codebook_size
         if not 0 < codebook_size <= vocab_size:
             raise UserError(f"codebook_size={codebook_size} must be in [1, vocab_size={vocab_size}]")
+        c = self.config = config
+        hidden_dim, eps = c.hidden_dim, c.layer_norm_eps
         self.vocab_size, self.seq_len, self.codebook_size = vocab_size, seq_len, codebook_size
-        self.num_layers, self.num_heads, self.hidden_dim = num_layers, num_heads, hidden_dim
-        self.activation_checkpointing = activation_checkpointing
+        self.num_layers, self.num_heads, self.hidden_dim = c.num_layers, c.num_heads, hidden_dim
 
         self.tok_emb = nn.Embedding(vocab_size, hidden_dim)
         self.pos_emb = nn.Embedding(seq_len, hidden_dim)
-        self.emb_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
-        self.emb_drop = nn.Dropout(dropout)
+        self.emb_ln = nn.LayerNorm(hidden_dim, eps=eps)
+        self.emb_drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            Block(
-                hidden_dim, num_heads, mlp_dim, dropout, attention_dropout, layer_norm_eps, pre_norm,
-                attention_backend,
-            )
-            for _ in range(num_layers)
+            Block(hidden_dim, c.num_heads, c.mlp_dim, c.dropout, c.attention_dropout, eps, c.pre_norm, c.attention_backend)
+            for _ in range(c.num_layers)
         )
-        self.final_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps) if pre_norm else nn.Identity()
+        self.final_ln = nn.LayerNorm(hidden_dim, eps=eps) if c.pre_norm else nn.Identity()
         # MLM head: Dense → GELU → LN → tied word embedding + bias
         self.head_dense = nn.Linear(hidden_dim, hidden_dim)
-        self.head_ln = nn.LayerNorm(hidden_dim, eps=layer_norm_eps)
+        self.head_ln = nn.LayerNorm(hidden_dim, eps=eps)
         self.head_bias = nn.Parameter(torch.zeros(vocab_size))
         init_bert_(self)
 
@@ -179,12 +189,8 @@ class BidirectionalTransformer(nn.Module):
         causal = causal or kv_cache is not None
         pos = torch.arange(start, start + L, device=tokens.device)
         x = self.emb_drop(self.emb_ln(self.tok_emb(tokens) + self.pos_emb(pos)))  # (B, L, C)
-        ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if ckpt:
-                x = checkpoint(block, x, causal, use_reentrant=False)
-            else:
-                x = block(x, causal, kv_cache, i)
+            x = block(x, causal, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(L)
         x = self.final_ln(x)
@@ -225,9 +231,9 @@ def transformer_from_preset(
         vocab_size: number of token ids.
         seq_len: sequence length including the prefix.
         codebook_size: number of visual codes (logit width).
-        overrides: any other constructor argument (dropout, pre_norm, attention_backend ...).
+        overrides: any other :class:`TransformerConfig` field (dropout, pre_norm, attention_backend ...).
     """
     if preset not in PRESETS:
         raise UserError(f"transformer preset {preset!r} is not known; choose one of {', '.join(PRESETS)}")
-    kwargs = {**PRESETS[preset], **overrides}
-    return BidirectionalTransformer(vocab_size=vocab_size, seq_len=seq_len, codebook_size=codebook_size, **kwargs)
+    config = TransformerConfig(**{**PRESETS[preset], **overrides})
+    return BidirectionalTransformer(vocab_size, seq_len, config, codebook_size=codebook_size)

@@ -1,6 +1,7 @@
 """MTMModule: COMMIT training on a tiny tokenizer through the CLI, then `test --task` and `generate`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from magvit_pl.checkpoint import load_checkpoint
 from magvit_pl.cli import main
 from magvit_pl.errors import UserError
 from magvit_pl.lit.mtm import MTMModule
+from magvit_pl.lit.mtm_options import upgrade_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +34,7 @@ def test_checkpoint_records_task_table_and_is_self_contained(mtm_run):
     assert vocab["codebook_size"] == 64 and vocab["num_classes"] == 8
     # task tokens follow codes, classes, UNCOND and MASK
     assert min(table.values()) == 64 + 8 + 2
-    assert ckpt["hyper_parameters"]["tasks"] == vocab["task_names"]
+    assert ckpt["hyper_parameters"]["tasks"]["names"] == vocab["task_names"]
     assert any(k.startswith("tokenizer.") for k in ckpt["state_dict"])
     assert meta["token_grid"] == [4, 8, 8]
     media = [p.name for p in (mtm_run / "mtm" / "latest" / "media").iterdir()]
@@ -42,7 +44,7 @@ def test_checkpoint_records_task_table_and_is_self_contained(mtm_run):
 @pytest.mark.parametrize("asked", ["sdpa", "xformers", "math"])
 def test_the_run_log_says_which_attention_backend_ran(mtm_run, caplog, asked):
     model = MTMModule.from_checkpoint(str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"))
-    model.hparams.attention_backend = asked
+    model.transformer_config = dataclasses.replace(model.transformer_config, attention_backend=asked)
     with caplog.at_level("INFO"):
         model.on_fit_start()
     ran = "sdpa" if asked == "xformers" else asked  # xformers needs CUDA: the CPU falls back to sdpa
@@ -98,3 +100,55 @@ def test_mismatched_tokenizer_is_named(mtm_run):
     ckpt["magvit"]["token_grid"] = [4, 16, 16]
     with pytest.raises(UserError, match=r"\(4, 8, 8\).*\(4, 16, 16\)"):
         model.on_load_checkpoint(ckpt)
+
+
+def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
+    """Written before the options were grouped (and while the tokenizer carried its checkpointing flag):
+    from_checkpoint maps it onto the groups and samples exactly what the grouped checkpoint samples."""
+    path = mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    flat = {k: v for k, v in hp.items() if k not in ("transformer", "commit", "sampling", "optim", "tasks")}
+    for group in ("transformer", "commit", "optim"):
+        flat.update({k: v for k, v in hp[group].items() if k != "layer_norm_eps"})
+    s = hp["sampling"]
+    flat.update(sample_steps=s["steps"], choice_temperature=s["choice_temperature"], sample_temperature=s["temperature"],
+                top_k=s["top_k"], guidance_scale=s["guidance_scale"], tasks=hp["tasks"]["names"],
+                num_cond_frames=hp["tasks"]["num_cond_frames"])
+    ckpt["hyper_parameters"] = flat
+    ckpt["magvit"]["tokenizer_config"]["init_args"]["activation_checkpointing"] = False
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    new_model, old_model = MTMModule.from_checkpoint(str(path)), MTMModule.from_checkpoint(str(old))
+    assert dict(old_model.hparams) == dict(new_model.hparams)
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.rand(2, 3, 8, 32, 32, generator=g) * 2 - 1, "label": torch.tensor([1, 2])}
+    for task in ("frame_prediction", "class_generation"):
+        a, b = new_model.generate(batch, task, seed=3, steps=2), old_model.generate(batch, task, seed=3, steps=2)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.generated, b.generated)
+    # test/fit read the options through the CLI: refused in one line naming the upgrade, which then works
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(mtm_run / "mtm" / "latest" / "config.yaml"), "--ckpt_path", str(old),
+              "--runs_root", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2 and not (tmp_path / "runs").exists()
+    with pytest.raises(UserError, match="old flat layout"):
+        new_model.on_load_checkpoint(load_checkpoint(old))
+    upgrade_checkpoint(str(old), str(tmp_path / "upgraded.ckpt"))
+    upgraded = load_checkpoint(tmp_path / "upgraded.ckpt")
+    new_only = {"transformer": "layer_norm_eps", "tasks": "latent_rule"}  # fields the flat layout did not have
+    assert upgraded["hyper_parameters"] == {k: {f: x for f, x in v.items() if f != new_only[k]} if k in new_only else v
+                                            for k, v in hp.items()}
+    assert upgraded["magvit"]["tokenizer_config"] == load_checkpoint(path)["magvit"]["tokenizer_config"]
+
+
+def test_old_flat_layout_through_the_cli_is_one_line(mtm_run, tmp_path, capsys):
+    path = mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(path)
+    ckpt["hyper_parameters"] = {**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "tasks"},
+                                "tasks": ckpt["hyper_parameters"]["tasks"]["names"], "lr": 0.1}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(SystemExit):
+        main(["test", "--config", str(mtm_run / "mtm" / "latest" / "config.yaml"), "--ckpt_path", str(tmp_path / "old.ckpt"),
+              "--runs_root", str(tmp_path / "runs")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "old flat layout" in err[0] and "upgrade_checkpoint(" in err[0]

@@ -111,3 +111,35 @@ def test_validation_reports_reconstruction_fvd_when_i3d_is_fetched(tmp_path):
     # an untrained tokenizer reconstructs noise as a blur: far from the real clips in I3D space
     assert result["val/fvd"] > 10.0
     assert 0.0 < result["val/psnr"] < 20.0
+
+
+def test_activation_checkpointing_is_applied_in_configure_model_and_changes_no_step(tmp_path):
+    """The option lives on the LightningModule; configure_model wraps the tokenizer's and the discriminator's
+    residual blocks (not the EMA copy); two training steps give the same weights with it on or off."""
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from magvit_pl.lit.tokenizer import TokenizerModule
+    from magvit_pl.models.checkpointing import is_checkpointed
+    from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+    from magvit_pl.models.quantizers.vq import VectorQuantizer
+    from magvit_pl.models.tokenizer import VQTokenizer
+
+    g = torch.Generator().manual_seed(0)
+    clips = [{"video": torch.rand(3, 4, 16, 16, generator=g) * 2 - 1} for _ in range(4)]
+    states = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        tok = VQTokenizer(base_channels=8, channel_multipliers=(1, 2), embedding_dim=8, quantizer=VectorQuantizer(16, 8))
+        disc = StyleGANDiscriminator3D(base_channels=4, num_frames=4, resolution=16)
+        module = TokenizerModule(tok, disc, warmup_steps=1, activation_checkpointing=ckpt, val_fvd=False)
+        trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
+        torch.manual_seed(1)
+        trainer.fit(module, DataLoader(clips, batch_size=2))
+        assert is_checkpointed(module.tokenizer) == ckpt and is_checkpointed(module.discriminator) == ckpt
+        assert not is_checkpointed(module.ema_tokenizer)
+        states.append(module.state_dict())
+    assert list(states[0]) == list(states[1])  # same checkpoint keys
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=0, atol=1e-5, msg=key)

@@ -5,15 +5,19 @@ import torch.nn.functional as F
 
 from magvit_pl.errors import MissingFileError, UserError
 from magvit_pl.models.blocks import SameConv3d, avg_pool_down
+from magvit_pl.models.checkpointing import apply_activation_checkpointing, drop_legacy_flag, is_checkpointed
 from magvit_pl.models.inflation import inflate_kernel, inflate_state_dict, init_from_checkpoint
 from magvit_pl.models.quantizers import LookupFreeQuantizer, VectorQuantizer
 from magvit_pl.models.tokenizer import PRESETS, VQTokenizer, count_parameters, tokenizer_preset_kwargs
 
 
-def tiny(seed: int = 0, **kw) -> VQTokenizer:
+def tiny(seed: int = 0, activation_checkpointing: bool = False, **kw) -> VQTokenizer:
     torch.manual_seed(seed)
     args = dict(base_channels=16, channel_multipliers=(1, 2, 2), embedding_dim=8, quantizer=VectorQuantizer(64, 8))
-    return VQTokenizer(**{**args, **kw})
+    model = VQTokenizer(**{**args, **kw})
+    if activation_checkpointing:  # applied from outside, as the LightningModule's configure_model does
+        apply_activation_checkpointing(model)
+    return model
 
 
 def clip(seed: int = 0, shape=(1, 3, 8, 32, 32)) -> torch.Tensor:
@@ -230,7 +234,8 @@ def test_activation_checkpointing_same_outputs_and_gradients():
         loss = (recon - x).abs().mean() + q.loss
         loss.backward()
         assert len(calls) == (4 if ckpt else 2)  # checkpointed blocks run again in backward
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        # parameter names as in the state dict (the checkpoint wrapper's own level left out)
+        grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         runs.append((saved, recon.detach(), q.indices, loss.detach(), grads))
     (saved0, recon0, idx0, loss0, g0), (saved1, recon1, idx1, loss1, g1) = runs
     assert saved1 < 0.5 * saved0  # the blocks' activations are no longer kept
@@ -253,21 +258,20 @@ def test_activation_checkpointing_is_off_in_eval_and_without_grad():
     assert len(calls) == 2  # one evaluation each, nothing recomputed
 
 
-def test_activation_checkpointing_survives_config_and_presets():
+def test_activation_checkpointing_leaves_config_and_state_dict_alone():
     from magvit_pl.models.config import build_from_config
 
-    model = tiny(activation_checkpointing=True)
-    config = model.init_config
-    assert config["init_args"]["activation_checkpointing"] is True
-    rebuilt = build_from_config(config)
-    assert rebuilt.activation_checkpointing and rebuilt.encoder.activation_checkpointing
-    assert rebuilt.decoder.activation_checkpointing
-    rebuilt.load_state_dict(model.state_dict())  # same architecture
-    assert build_from_config(tiny().init_config).activation_checkpointing is False
-    with torch.device("meta"):
-        preset = VQTokenizer.from_preset("B", activation_checkpointing=True)
-    assert preset.decoder.activation_checkpointing
-    assert preset.init_config["init_args"]["activation_checkpointing"] is True
+    plain, model = tiny(), tiny(activation_checkpointing=True)
+    assert is_checkpointed(model) and not is_checkpointed(plain)
+    assert apply_activation_checkpointing(model) == 0  # idempotent: nothing left to wrap
+    assert model.init_config == plain.init_config and "activation_checkpointing" not in model.init_config["init_args"]
+    assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints look the same
+    rebuilt = build_from_config(model.init_config)
+    rebuilt.load_state_dict(model.state_dict())
+    model.load_state_dict(plain.state_dict())
+    old = {**plain.init_config, "init_args": {**plain.init_config["init_args"], "activation_checkpointing": True}}
+    assert drop_legacy_flag(old) == plain.init_config  # configs written when it was a model flag still build
+    build_from_config(drop_legacy_flag(old))
 
 
 def test_discriminator_activation_checkpointing_with_r1():
@@ -279,7 +283,9 @@ def test_discriminator_activation_checkpointing_with_r1():
     runs = []
     for ckpt in (False, True):
         torch.manual_seed(4)
-        disc = StyleGANDiscriminator3D(base_channels=4, num_frames=4, resolution=16, activation_checkpointing=ckpt)
+        disc = StyleGANDiscriminator3D(base_channels=4, num_frames=4, resolution=16)
+        if ckpt:
+            assert apply_activation_checkpointing(disc) == len(disc.blocks)
         real = video.clone().requires_grad_(True)
         logits = disc(real)
         loss = logits.mean() + r1_penalty(logits, real, cost=10.0)  # double backward through the blocks
@@ -289,7 +295,7 @@ def test_discriminator_activation_checkpointing_with_r1():
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=1e-6)
     for a, b in zip(runs[0][2], runs[1][2]):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
-    assert build_from_config(disc.init_config).activation_checkpointing is True
+    assert "activation_checkpointing" not in build_from_config(disc.init_config).init_config["init_args"]
 
 
 def test_norm_groups_sets_every_group_norm_and_zero_removes_them():

@@ -3,16 +3,16 @@ import torch
 import torch.nn.functional as F
 
 from magvit_pl.errors import UserError
-from magvit_pl.models.transformer import PRESETS, BidirectionalTransformer, transformer_from_preset
+from magvit_pl.models.checkpointing import apply_activation_checkpointing
+from magvit_pl.models.transformer import PRESETS, BidirectionalTransformer, TransformerConfig, transformer_from_preset
 
 V, S, K = 40, 12, 32  # vocab, seq len, codebook
 
 
-def _model(**kw):
+def _model(codebook_size=K, **kw):
     torch.manual_seed(0)
-    args = dict(vocab_size=V, seq_len=S, hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64, codebook_size=K)
-    args.update(kw)
-    return BidirectionalTransformer(**args)
+    config = TransformerConfig(**{**dict(hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64), **kw})
+    return BidirectionalTransformer(V, S, config, codebook_size=codebook_size)
 
 
 def _tokens(B=2, L=S, seed=1):
@@ -106,9 +106,11 @@ def test_activation_checkpointing_gives_same_gradients():
     x, t = _tokens(), _tokens(seed=2) % K
     grads = []
     for ckpt in (False, True):
-        m = _model(activation_checkpointing=ckpt, dropout=0.1, attention_dropout=0.1).train()
+        m = _model(dropout=0.1, attention_dropout=0.1).train()
         calls, mlp = [], m.blocks[0].mlp
         m.blocks[0].mlp = lambda h: calls.append(1) or mlp(h)  # count evaluations (hooks skip recompute)
+        if ckpt:
+            assert apply_activation_checkpointing(m) == 2  # from outside: one wrapper per block
         torch.manual_seed(5)
         loss = F.cross_entropy(m(x).transpose(1, 2), t)
         loss.backward()

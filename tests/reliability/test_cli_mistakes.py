@@ -77,13 +77,17 @@ def test_bad_values_are_one_line_and_leave_no_run(option, value, says, tmp_path,
 def test_mtm_values_are_checked(checkpoints, tmp_path):
     from magvit_pl.errors import UserError
     from magvit_pl.lit.mtm import MTMModule
+    from magvit_pl.lit.mtm_options import OptimConfig
+    from magvit_pl.models.transformer import TransformerConfig
+    from magvit_pl.sampling import SamplingConfig
 
     tok = str(checkpoints.tokenizer())
-    for name, value, says in [("lr", -1.0, "model.lr=-1.0: must be a finite number > 0"),
-                              ("dropout", 1.5, "model.dropout=1.5: must be a finite number in [0, 1)"),
-                              ("sample_steps", 0, "model.sample_steps=0: must be a finite number >= 1")]:
+    for kwargs, says in [({"optim": OptimConfig(lr=-1.0)}, "model.optim.lr=-1.0: must be a finite number > 0"),
+                         ({"transformer": TransformerConfig(dropout=1.5)}, "model.transformer.dropout=1.5: must be a finite number in [0, 1)"),
+                         ({"sampling": SamplingConfig(steps=0)}, "model.sampling.steps=0: must be a finite number >= 1"),
+                         ({"num_media_clips": -1}, "model.num_media_clips=-1: must be a finite number >= 0")]:
         with pytest.raises(UserError, match=f"^{says.replace('[', '.').replace(')', '.')}$"):
-            MTMModule(tokenizer_ckpt=tok, num_classes=8, **{name: value})
+            MTMModule(tokenizer_ckpt=tok, num_classes=8, **kwargs)
 
 
 def test_a_value_refused_inside_class_instantiation_is_one_line_in_a_real_process(tmp_path, data_args):

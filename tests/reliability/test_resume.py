@@ -77,7 +77,7 @@ def test_mtm_resume_matches_uninterrupted(tmp_path, fault_fit, tokenizer_run, ti
     # step 6 (batch 2 of 4), so the data stream, the task cycle, dropout and the mask draws must all continue.
     args = ["--config", str(REPO / "configs" / "mtm.yaml"), *tiny_mtm_args, *data_args,
             "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"),
-            "--model.init_args.dropout", "0.1", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1"]
+            "--model.transformer.dropout", "0.1", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1"]
     full, resumed = _kill_and_resume(fault_fit, tmp_path, "mtm", args, kill_at=7, every=3)
     _assert_same(full, resumed, first_replayed=6)
 

@@ -115,31 +115,32 @@ class FakeFVD:
     def __init__(self):
         self.calls = []
 
-    def update(self, videos, real):
-        self.calls.append((videos, real))
+    def update(self, generated, real, given):
+        self.calls.append((generated, real, given))
 
 
-class PlainMetric:
-    def __init__(self):
-        self.calls = []
-
-    def update(self, preds, target):
-        self.calls.append((preds, target))
-
-
-def test_update_metrics_feeds_each_metric_its_form():
+def test_update_metrics_feeds_every_metric_generated_real_and_given():
     task = OutpaintingCentral()
     real = torch.rand(2, 3, 4, 16, 16) * 2 - 1
     cond = task.build_condition(real)
     gen = torch.where(cond.pixel_mask, real, torch.zeros(()))  # respects the condition exactly
-    fvd, plain = FakeFVD(), PlainMetric()
+    fvd, plain = FakeFVD(), FakeFVD()
     metrics = {"fvd": fvd, "plain": plain, **task.metrics(include_fvd=False)}
     task.update_metrics(metrics, gen, real, cond)
-    assert [c[1] for c in fvd.calls] == [True, False]
-    assert fvd.calls[0][0] is real and fvd.calls[1][0] is gen
-    assert plain.calls[0][0] is gen and plain.calls[0][1] is real
+    for m in (fvd, plain):
+        assert len(m.calls) == 1 and m.calls[0][0] is gen and m.calls[0][1] is real and m.calls[0][2] is cond.pixel_mask
     assert metrics["psnr_given"].compute().item() == pytest.approx(106.02, abs=0.01)
     assert metrics["ssim_given"].compute().item() > 0.6  # only the box border sees the zero fill
+
+
+def test_paired_fvd_adds_the_real_then_the_generated_clips():
+    from magvit_pl.metrics.fvd import PairedFVD
+
+    fvd = PairedFVD(extractor=lambda clips: clips.mean((2, 3, 4)), resize=8, min_frames=1)
+    real = torch.rand(4, 3, 2, 8, 8) * 2 - 1
+    gen = real.flip(0) * 0.5
+    fvd.update(gen, real, torch.ones(4, 1, 2, 8, 8, dtype=torch.bool))
+    assert torch.allclose(fvd.real_features[0], real.mean((2, 3, 4))) and torch.allclose(fvd.fake_features[0], gen.mean((2, 3, 4)))
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_fvd_skipped_and_logged_once_when_weights_missing(fake_fvd_module, caplo
     def missing():
         raise MissingWeightsError("i3d", "/cache/i3d.pt")
 
-    fake_fvd_module.FrechetVideoDistance = missing
+    fake_fvd_module.FrechetVideoDistance = fake_fvd_module.PairedFVD = missing
     with caplog.at_level(logging.WARNING, logger="magvit_pl.tasks"):
         first = OutpaintingCentral().metrics()
         second = FramePrediction().metrics()
@@ -166,7 +167,7 @@ def test_fvd_skipped_and_logged_once_when_weights_missing(fake_fvd_module, caplo
 
 
 def test_fvd_included_when_available(fake_fvd_module):
-    fake_fvd_module.FrechetVideoDistance = FakeFVD
+    fake_fvd_module.FrechetVideoDistance = fake_fvd_module.PairedFVD = FakeFVD
     assert sorted(OutpaintingCentral().metrics()) == ["fvd", "psnr_given", "ssim_given"]
     assert isinstance(ClassGeneration().metrics()["fvd"], FakeFVD)
     assert "fvd" not in OutpaintingCentral().metrics(include_fvd=False)

@@ -50,7 +50,7 @@ def test_resolve_by_name_and_family():
 
 
 def test_bad_task_arguments():
-    with pytest.raises(TaskError, match="does not take padding; it takes: num_cond_frames, latent_rule, pad_value"):
+    with pytest.raises(TaskError, match="does not take padding; it takes: latent_rule, pad_value"):
         get_task("inpainting_central", padding="edge")
     with pytest.raises(TaskError, match="no task of family 'prediction' takes pad_value"):
         resolve_tasks("prediction", pad_value=0.0)
@@ -164,7 +164,7 @@ class Duck:
 @pytest.mark.parametrize("obj,reason", [
     (NoName, "'name' must be a non-empty identifier"),
     (Abstract, "abstract method"),
-    (Duck, "missing method.*update_metrics"),
+    (Duck, "must name a subclass of magvit_pl.tasks.Task"),
     (lambda: None, "must name a class"),
     (ImportError("no module named torchvision"), "could not be loaded.*torchvision"),
 ])
@@ -184,10 +184,48 @@ def test_entry_point_name_must_equal_class_name(fake_eps):
         get_task("beta")
 
 
-def test_validate_task_accepts_complete_duck_type():
+def test_validate_task_requires_a_task_subclass():
     class FullDuck(Duck):
         def update_metrics(self, metrics, generated, real, condition): ...
 
-    assert validate_task(FullDuck, "pkg") is FullDuck
+    with pytest.raises(TaskError, match="package 'pkg'.*must name a subclass of magvit_pl.tasks.Task"):
+        validate_task(FullDuck, "pkg")  # every method present, but not a Task: refused
     with pytest.raises(TaskError, match="package 'pkg-x'"):
         validate_task(Duck, "pkg-x")
+    good = make_task("alpha")
+    assert validate_task(good, "pkg") is good
+
+
+class Strided(Task):
+    """A plugin with one option of its own and neither num_cond_frames nor latent_rule."""
+
+    name = "strided"
+    family = "fake"
+    description = "declares only stride"
+
+    def __init__(self, stride: int = 2) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def build_condition(self, video, generator=None):
+        raise AssertionError("not used here")
+
+
+def test_shared_options_reach_only_the_tasks_that_declare_them(fake_eps):
+    fake_eps += [FakeEP("strided", Strided, "pkg-s"), FakeEP("alpha", make_task("alpha"), "pkg-a")]
+    shared = {"num_cond_frames": 5, "latent_rule": "all"}
+    plugin = get_task("strided", shared=shared, stride=3)
+    assert (plugin.stride, plugin.latent_rule) == (3, "task") and not hasattr(plugin, "num_cond_frames")
+    alpha = get_task("alpha", shared=shared)  # the base constructor declares latent_rule only
+    assert alpha.latent_rule == "all" and not hasattr(alpha, "num_cond_frames")
+    with pytest.raises(TaskError, match="task 'strided' \\(package 'pkg-s'\\) does not take num_cond_frames; it takes: stride"):
+        get_task("strided", num_cond_frames=5)
+    assert T.declared_options(Strided) == ("stride",)
+
+
+def test_shared_options_on_the_builtins():
+    shared = {"num_cond_frames": 2, "latent_rule": "any"}
+    fp, opc, cg = (get_task(n, shared=shared) for n in ("frame_prediction", "outpainting_central", "class_generation"))
+    assert (fp.num_cond_frames, fp.latent_rule) == (2, "any")
+    assert opc.latent_rule == "any" and not hasattr(opc, "num_cond_frames")
+    assert cg.latent_rule == "task" and not hasattr(cg, "num_cond_frames")

@@ -1,7 +1,9 @@
 """Temporal super-resolution for magvit-pl: every ``stride``-th frame is given, the rest is generated.
 
-A complete task plugin: the condition (which pixels are given and how the rest is padded), and a
-metric of its own (PSNR on the frames that had to be generated) next to the defaults.
+A complete task plugin: a subclass of ``magvit_pl.tasks.Task`` with the condition (which pixels are
+given and how the rest is padded), one option of its own (``stride``), and a metric of its own (PSNR
+on the frames that had to be generated) next to the defaults. Every task metric's ``update`` takes
+``(generated, real, given)``, ``given`` being the bool pixel mask of the condition.
 """
 from __future__ import annotations
 
@@ -17,18 +19,19 @@ from magvit_pl.tasks import Condition, Task
 class MissingFramesPSNR(MaskedPSNR):
     """PSNR on the pixels that were NOT given (the generated frames)."""
 
-    def update(self, preds: Tensor, target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
-        super().update(preds, target, ~mask)
+    def update(self, generated: Tensor, real: Tensor, given: Tensor) -> None:  # type: ignore[override]
+        super().update(generated, real, ~given)
 
 
 class TemporalSuperResolution(Task):
     """Given every ``stride``-th frame (starting with the first), generate the frames in between.
 
+    Its constructor declares only ``stride``: run-wide task options (``num_cond_frames``,
+    ``latent_rule``) reach a task only when its constructor declares them, so this one keeps the
+    default latent rule (a token is condition if any frame of its patch is given).
+
     Args:
         stride: distance between given frames (2 = every other frame).
-        num_cond_frames: unused (kept for the common task interface).
-        latent_rule: latent condition mask rule: 'task' / 'any' (a token is condition if any frame of
-            its patch is given) or 'all'.
     """
 
     name = "temporal_super_resolution"
@@ -36,8 +39,8 @@ class TemporalSuperResolution(Task):
     uses_class = False
     description = "generate the frames between every other given frame (example plugin)"
 
-    def __init__(self, stride: int = 2, num_cond_frames: int = 1, latent_rule: str = "task") -> None:
-        super().__init__(num_cond_frames=num_cond_frames, latent_rule=latent_rule)
+    def __init__(self, stride: int = 2) -> None:
+        super().__init__()
         if stride < 2:
             raise ValueError(f"stride must be >= 2, got {stride}")
         self.stride = stride

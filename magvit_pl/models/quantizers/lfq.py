@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from magvit_pl.checks import check_args
 from magvit_pl.errors import UserError
 from magvit_pl.models.config import ConfigMixin
-from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, entropy_loss
+from magvit_pl.models.quantizers.base import Quantizer, QuantizerOutput, entropy_loss
 
 
 class LookupFreeQuantizer(ConfigMixin, Quantizer):
