@@ -226,9 +226,12 @@ class TinyCheckpoints:
         import torch
 
         from magvit_pl.lit.mtm import MTMModule
+        from magvit_pl.models.transformer import TransformerConfig
+        from magvit_pl.sampling import SamplingConfig
 
         model = MTMModule(tokenizer_ckpt=str(self.tokenizer("for_mtm.ckpt")), num_classes=8, num_frames=num_frames, resolution=32,
-                          hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, sample_steps=2)
+                          transformer=TransformerConfig(hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64),
+                          sampling=SamplingConfig(steps=2))
         model.configure_model()
         ckpt = {"state_dict": model.state_dict(), "hyper_parameters": {"_class_path": MTM_CLASS, **dict(model.hparams), **(hparams or {})},
                 "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 0}

@@ -26,7 +26,7 @@ def ten_frame_data(tmp_path_factory) -> Path:
 def test_second_test_run_reuses_the_cached_real_statistics(ten_frame_data, checkpoints, tmp_path, monkeypatch, cli_error):
     import magvit_pl.tasks
     from magvit_pl.cli import main
-    from magvit_pl.metrics.fvd import FrechetVideoDistance
+    from magvit_pl.metrics.fvd import FrechetVideoDistance, PairedFVD
 
     seen: list[int] = []
 
@@ -34,7 +34,8 @@ def test_second_test_run_reuses_the_cached_real_statistics(ten_frame_data, check
         seen.append(clips.shape[0])
         return torch.cat([clips.mean(dim=(2, 3, 4)), clips.std(dim=(2, 3, 4))], 1)
 
-    monkeypatch.setattr(magvit_pl.tasks, "build_fvd", lambda: FrechetVideoDistance(extractor=features, resize=16))
+    monkeypatch.setattr(magvit_pl.tasks, "build_fvd",
+                        lambda paired=False: (PairedFVD if paired else FrechetVideoDistance)(extractor=features, resize=16))
     monkeypatch.setenv("MAGVIT_PL_CACHE", str(tmp_path / "cache"))
     ckpt = checkpoints.mtm(num_frames=10)
     args = ["test", "--task", "frame_prediction", "--ckpt_path", ckpt, "--config", REPO / "configs" / "mtm.yaml",
