@@ -132,7 +132,8 @@ def check_manifest(manifest: object, where: str = "manifest.json") -> dict:
                 bad(f"split '{split}' lists shard {name} twice")
             seen.add(name)
             if not _is_int(shard.get("count"), 0, MAX_SHARD_COUNT):
-                bad(f"shard {name}: 'count' must be an integer in [0, {MAX_SHARD_COUNT}], got {shard.get('count')!r:.40}")
+                bad(f"shard {name}: 'count' must be an integer in [0, {MAX_SHARD_COUNT}], "
+                    f"got {shard.get('count')!r:.40}")
             if "bytes" in shard and not _is_int(shard["bytes"]):
                 bad(f"shard {name}: 'bytes' must be an integer >= 0, got {shard['bytes']!r:.40}")
             total += shard["count"]

@@ -285,7 +285,8 @@ def _recorded_shards(out: Path) -> set[str]:
     (and prepare's temporary files) are ever removed or replaced."""
     names = set(_part_records(out))
     manifest = _read_json(out / "manifest.json")
-    if isinstance(manifest, dict) and manifest.get("created_by") == CREATED_BY and isinstance(manifest.get("splits"), dict):
+    ours = isinstance(manifest, dict) and manifest.get("created_by") == CREATED_BY
+    if ours and isinstance(manifest.get("splits"), dict):
         for entry in manifest["splits"].values():
             for shard in entry.get("shards", []) if isinstance(entry, dict) else []:
                 name = shard.get("name") if isinstance(shard, dict) else None
@@ -412,7 +413,8 @@ def _discover(input: str, layout: str, val_fraction: float, split_dir: str | Non
     names = _class_order([r[1] for r in rows], classes)
     _check_class_names(names, f"--classes {classes}")
     if len(set(names)) != len(names):
-        raise UserError(f"class '{next(c for c in names if names.count(c) > 1)}' is listed twice in --classes {classes}")
+        twice = next(c for c in names if names.count(c) > 1)
+        raise UserError(f"class '{twice}' is listed twice in --classes {classes}")
     index = {c: i for i, c in enumerate(names)}
     items = []
     for rel, cls, split in rows:
@@ -586,7 +588,9 @@ def _finished_part(out: Path, name: str, items: list[Item], settings: dict) -> d
     if not isinstance(rec, dict) or rec.get("settings") != settings or rec.get("inputs") != _fingerprint(items):
         return None
     tar = out / name
-    if not isinstance(rec.get("count"), int) or (rec["count"] > 0 and not (tar.is_file() and tar.stat().st_size == rec.get("bytes"))):
+    if not isinstance(rec.get("count"), int):
+        return None
+    if rec["count"] > 0 and not (tar.is_file() and tar.stat().st_size == rec.get("bytes")):
         return None
     return rec
 
@@ -913,7 +917,7 @@ def _manifest(out: Path, input: str, layout: str, settings: dict, class_names: l
         "classes": class_names,
         "splits": splits,
         "sources": sources,
-        "skipped": list(unusable) + [{"path": s["path"], "reason": s["reason"]} for s in sources if s["status"] != "ok"],
+        "skipped": [*unusable, *({"path": s["path"], "reason": s["reason"]} for s in sources if s["status"] != "ok")],
         "seconds": round(seconds, 2),
     }
 

@@ -185,3 +185,21 @@ class FaultFit:
 @pytest.fixture
 def fault_fit(tmp_path) -> FaultFit:
     return FaultFit(tmp_path)
+
+
+@pytest.fixture
+def cli_in_process(capsys) -> Callable[[list[str]], tuple[int, list[str]]]:
+    """``cli_in_process(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through magvit_pl.cli.main,
+    in this process."""
+    from magvit_pl.cli import main
+
+    def run(args: list[str]) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    return run

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magvit_pl.cli import main
 from magvit_pl.data.datamodule import VideoDataModule
 from magvit_pl.data.shards import encode_sample, shard_name, write_shard
 from magvit_pl.errors import UserError
@@ -55,16 +54,6 @@ def _good(pattern, split: str, n: int = 3) -> list[dict]:
     return [_sample(f"{split}-{i:02d}", pattern, label=i % 2, seed=i) for i in range(n)]
 
 
-def _run(args: list[str], capsys) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
 def _one_error(code: int, err: list[str], *words: str) -> str:
     errors = [line for line in err if line.startswith("error:")]
     assert code != 0 and len(errors) == 1 and not any("Traceback" in line for line in err), (code, err)
@@ -85,7 +74,8 @@ def _fit_args(tiny_tokenizer_args, data_dir: str, runs: Path, *extra: str) -> li
 # ------------------------------------------------------------------------- 3: pipe: and other names
 
 
-def test_a_pipe_shard_name_in_the_manifest_never_runs(tmp_path, pattern, tiny_tokenizer_args, capsys, monkeypatch):
+def test_a_pipe_shard_name_in_the_manifest_never_runs(tmp_path, pattern, tiny_tokenizer_args, cli_in_process,
+                                                      monkeypatch):
     root = _dataset(tmp_path / "data", {"train": [_good(pattern, "train")], "val": [_good(pattern, "val")]})
     marker = tmp_path / "PWNED"
     manifest = json.loads((root / "manifest.json").read_text())
@@ -93,7 +83,7 @@ def test_a_pipe_shard_name_in_the_manifest_never_runs(tmp_path, pattern, tiny_to
     manifest["splits"]["val"]["shards"][0]["name"] = f"pipe:touch {marker}; cat val-000000.tar"
     (root / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.chdir(root)  # data_dir '.': the shard path is the bare name
-    code, err = _run(_fit_args(tiny_tokenizer_args, ".", tmp_path / "runs"), capsys)
+    code, err = cli_in_process(_fit_args(tiny_tokenizer_args, ".", tmp_path / "runs"))
     _one_error(code, err, "pipe:touch", "not a plain file name")
     assert not marker.exists()
 
@@ -208,7 +198,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     ("fewer_samples", ["val-000000.tar", "holds 2 samples, manifest.json says 3"]),
     ("label_1e30", ["val-bad", "'label'", "1e+30"]),
 ])
-def test_a_broken_eval_shard_or_sample_is_one_line(tmp_path, pattern, tiny_tokenizer_args, capsys, how, words):
+def test_a_broken_eval_shard_or_sample_is_one_line(tmp_path, pattern, tiny_tokenizer_args, cli_in_process, how, words):
     val = _good(pattern, "val")
     if how == "label_1e30":
         bad = _sample("val-bad", pattern)
@@ -222,7 +212,7 @@ def test_a_broken_eval_shard_or_sample_is_one_line(tmp_path, pattern, tiny_token
             fh.truncate(size)
     elif how != "label_1e30":
         _break(root, "val-000000.tar", how)
-    code, err = _run(_fit_args(tiny_tokenizer_args, str(root), tmp_path / "runs"), capsys)
+    code, err = cli_in_process(_fit_args(tiny_tokenizer_args, str(root), tmp_path / "runs"))
     _one_error(code, err, *words)
 
 

@@ -19,20 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magvit_pl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _run(args: list[str], capsys) -> tuple[int, list[str]]:
-    """Run ``cli.py ARGS`` in this process: (exit code, the lines on stderr)."""
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _one_error(code: int, err: list[str], *words: str) -> str:
@@ -65,7 +53,7 @@ def _prepare_args(src: Path, out: Path, *extra: str) -> list[str]:
 # ------------------------------------------------------------------------------- 4: other tools' files
 
 
-def test_output_folder_of_another_tool_is_refused_and_left_byte_identical(tmp_path, videos, capsys):
+def test_output_folder_of_another_tool_is_refused_and_left_byte_identical(tmp_path, videos, cli_in_process):
     out = tmp_path / "theirs"
     out.mkdir()
     rng = np.random.default_rng(0)
@@ -73,15 +61,15 @@ def test_output_folder_of_another_tool_is_refused_and_left_byte_identical(tmp_pa
         (out / name).write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
     before = _snapshot(out)
 
-    code, err = _run(_prepare_args(videos, out), capsys)
+    code, err = cli_in_process(_prepare_args(videos, out))
     _one_error(code, err, str(out), "not make", "backup.tar")
     assert _snapshot(out) == before  # nothing replaced, removed or added (not even a lock file)
     assert sorted(p.name for p in out.iterdir()) == ["backup.tar", "notes.txt", "train-000000.tar"]
 
 
-def test_overwrite_and_stale_shard_removal_touch_only_what_prepare_recorded(tmp_path, videos, capsys):
+def test_overwrite_and_stale_shard_removal_touch_only_what_prepare_recorded(tmp_path, videos, cli_in_process):
     out = tmp_path / "ours"
-    assert _run(_prepare_args(videos, out, "--shard_size", "1"), capsys)[0] == 0  # train-000000..2.tar
+    assert cli_in_process(_prepare_args(videos, out, "--shard_size", "1"))[0] == 0  # train-000000..2.tar
     assert sorted(p.name for p in out.glob("*.tar")) == [f"train-00000{i}.tar" for i in range(3)]
     # the user keeps their own files next to the shards, one of them with a shard-like name
     (out / "backup.tar").write_bytes(b"my backup " * 100)
@@ -94,7 +82,7 @@ def test_overwrite_and_stale_shard_removal_touch_only_what_prepare_recorded(tmp_
         p.write_bytes(b"half a shard")
 
     # other settings + --overwrite: the three recorded shards are replaced by one shard of 3 videos
-    assert _run(_prepare_args(videos, out, "--shard_size", "3", "--crf", "30", "--overwrite", "true"), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(videos, out, "--shard_size", "3", "--crf", "30", "--overwrite", "true"))[0] == 0
     assert {n: (out / n).read_bytes() for n in theirs} == theirs
     assert not any(p.exists() for p in leftovers)
     assert sorted(p.name for p in out.glob("[!.]*.tar")) == ["backup.tar", "train-000000.tar", "train-000007.tar"]
@@ -104,26 +92,26 @@ def test_overwrite_and_stale_shard_removal_touch_only_what_prepare_recorded(tmp_
 
     # same settings, a smaller plan (shard size 1 -> 3 shards, then 1 video -> 1 shard): stale shards of
     # ours go, the user's shard-like file stays
-    assert _run(_prepare_args(videos, out, "--shard_size", "1", "--crf", "30", "--overwrite", "true"), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(videos, out, "--shard_size", "1", "--crf", "30", "--overwrite", "true"))[0] == 0
     (videos / "cls_a" / "a1.mp4").unlink()
     (videos / "cls_b" / "b0.mp4").unlink()
-    assert _run(_prepare_args(videos, out, "--shard_size", "1", "--crf", "30"), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(videos, out, "--shard_size", "1", "--crf", "30"))[0] == 0
     assert sorted(p.name for p in out.glob("[!.]*.tar")) == ["backup.tar", "train-000000.tar", "train-000007.tar"]
     assert {n: (out / n).read_bytes() for n in theirs} == theirs
 
 
-def test_an_unrecorded_file_with_a_planned_shard_name_is_never_replaced(tmp_path, videos, capsys):
+def test_an_unrecorded_file_with_a_planned_shard_name_is_never_replaced(tmp_path, videos, cli_in_process):
     out, later = tmp_path / "ours", tmp_path / "later"
     later.mkdir()
     for rel in ("cls_a/a1.mp4", "cls_b/b0.mp4"):  # two videos join the set later
         (later / rel.replace("/", "_")).write_bytes((videos / rel).read_bytes())
         (videos / rel).unlink()
-    assert _run(_prepare_args(videos, out, "--shard_size", "1"), capsys)[0] == 0  # train-000000.tar only
+    assert cli_in_process(_prepare_args(videos, out, "--shard_size", "1"))[0] == 0  # train-000000.tar only
     (out / "train-000001.tar").write_bytes(b"a file someone else put here " * 40)
     (videos / "cls_a" / "a1.mp4").write_bytes((later / "cls_a_a1.mp4").read_bytes())
     (videos / "cls_b" / "b0.mp4").write_bytes((later / "cls_b_b0.mp4").read_bytes())
     before = _snapshot(out)
-    code, err = _run(_prepare_args(videos, out, "--shard_size", "1"), capsys)  # would write train-000000..2
+    code, err = cli_in_process(_prepare_args(videos, out, "--shard_size", "1"))  # would write train-000000..2
     _one_error(code, err, str(out / "train-000001.tar"), "did not write it")
     assert _snapshot(out) == before
 
@@ -131,7 +119,7 @@ def test_an_unrecorded_file_with_a_planned_shard_name_is_never_replaced(tmp_path
 # ------------------------------------------------------------------------------- 5: one run at a time
 
 
-def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_path, videos, capsys):
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_path, videos, cli_in_process):
     """Run 1 (in a thread) blocks on a FIFO listed as a video, holding the lock; run 2 must be refused
     and write nothing; then run 1 is released and finishes with its own videos only."""
     fifo = tmp_path / "slow" / "cls_f" / "fifo.mp4"
@@ -166,7 +154,7 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_p
         other = tmp_path / "other"
         (other / "cls_z").mkdir(parents=True)
         (other / "cls_z" / "z.mp4").write_bytes((videos / "cls_a" / "a0.mp4").read_bytes())
-        code, err = _run(_prepare_args(other, out), capsys)
+        code, err = cli_in_process(_prepare_args(other, out))
         _one_error(code, err, "another prepare", str(out))
         assert _snapshot(out) == before
     finally:
@@ -205,7 +193,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_kill_9_of_prepare_ends_its_workers_and_frees_the_output(tmp_path, videos, capsys):
+def test_kill_9_of_prepare_ends_its_workers_and_frees_the_output(tmp_path, videos, cli_in_process):
     fifo = tmp_path / "slow" / "cls_f" / "fifo.mp4"
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)  # a worker opening it blocks for ever: the run cannot finish on its own
@@ -241,8 +229,8 @@ def test_kill_9_of_prepare_ends_its_workers_and_frees_the_output(tmp_path, video
 
     # the killed run's lock does not block the next run into the same folder
     listing.write_text("".join(f"{p}\n" for p in sorted(videos.rglob("*.mp4"))))
-    code, err = _run(["prepare", "--input", str(listing), "--output", str(out), "--resolution", "16",
-                      "--min_frames", "8", "--workers", "0", "--val_fraction", "0", "--quiet", "true"], capsys)
+    code, err = cli_in_process(["prepare", "--input", str(listing), "--output", str(out), "--resolution", "16",
+                                "--min_frames", "8", "--workers", "0", "--val_fraction", "0", "--quiet", "true"])
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["count"] == 3
 
@@ -255,26 +243,26 @@ def test_kill_9_of_prepare_ends_its_workers_and_frees_the_output(tmp_path, video
     ("--max_frames", "0"), ("--resolution", "1000000"), ("--min_frames", "-5"), ("--crf", "99"), ("--crf", "-1"),
     ("--workers", "-1"), ("--workers", "257"), ("--shard_size", "1000000"), ("--split_id", "7"),
 ])
-def test_nonsense_options_are_refused_before_the_output_is_touched(tmp_path, videos, capsys, flag, value):
+def test_nonsense_options_are_refused_before_the_output_is_touched(tmp_path, videos, cli_in_process, flag, value):
     out = tmp_path / "new_out"
-    code, err = _run(_prepare_args(videos, out, flag, value), capsys)
+    code, err = cli_in_process(_prepare_args(videos, out, flag, value))
     _one_error(code, err, flag, value)
     assert not out.exists()
 
 
-def test_min_frames_above_max_frames_is_refused(tmp_path, videos, capsys):
+def test_min_frames_above_max_frames_is_refused(tmp_path, videos, cli_in_process):
     out = tmp_path / "new_out"
-    code, err = _run(_prepare_args(videos, out, "--max_frames", "4", "--min_frames", "8"), capsys)
+    code, err = cli_in_process(_prepare_args(videos, out, "--max_frames", "4", "--min_frames", "8"))
     _one_error(code, err, "--min_frames 8", "--max_frames (4)")
     assert not out.exists()
 
 
-def test_a_run_that_can_use_no_video_writes_no_manifest_and_fails(tmp_path, capsys):
+def test_a_run_that_can_use_no_video_writes_no_manifest_and_fails(tmp_path, cli_in_process):
     src = tmp_path / "src" / "k"
     src.mkdir(parents=True)
     (src / "a.mp4").write_text("not a video\n")
     out = tmp_path / "out"
-    code, err = _run(_prepare_args(tmp_path / "src", out), capsys)
+    code, err = cli_in_process(_prepare_args(tmp_path / "src", out))
     _one_error(code, err, "none of the 1 videos", "k/a.mp4")
     assert not (out / "manifest.json").exists()
 
@@ -282,27 +270,27 @@ def test_a_run_that_can_use_no_video_writes_no_manifest_and_fails(tmp_path, caps
 # ------------------------------------------------------------------- 10: class names, symlinks
 
 
-def test_class_names_round_trip_through_classes_txt_or_are_refused(tmp_path, pattern, write_raw, capsys):
+def test_class_names_round_trip_through_classes_txt_or_are_refused(tmp_path, pattern, write_raw, cli_in_process):
     src = tmp_path / "src"
     write_raw(src / "pour, then stir" / "a.mp4", pattern(8, 16, 16))
     write_raw(src / "plain" / "b.mp4", pattern(8, 16, 16, seed=1))
     out = tmp_path / "out"
-    assert _run(_prepare_args(src, out), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(src, out))[0] == 0
     classes = json.loads((out / "manifest.json").read_text())["classes"]
     assert classes == ["plain", "pour, then stir"]
     again = tmp_path / "again"  # classes.txt read back as --classes gives the same label order
-    assert _run(_prepare_args(src, again, "--classes", str(out / "classes.txt")), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(src, again, "--classes", str(out / "classes.txt")))[0] == 0
     assert json.loads((again / "manifest.json").read_text())["classes"] == classes
 
     bad = tmp_path / "bad"
     write_raw(bad / "pour,\nthen stir" / "a.mp4", pattern(8, 16, 16))
     write_raw(bad / "plain" / "b.mp4", pattern(8, 16, 16, seed=1))
-    code, err = _run(_prepare_args(bad, tmp_path / "bad_out"), capsys)
+    code, err = cli_in_process(_prepare_args(bad, tmp_path / "bad_out"))
     _one_error(code, err, repr("pour,\nthen stir"), "line break", "refuses")
     assert not (tmp_path / "bad_out").exists()
 
 
-def test_symlink_loops_and_broken_links_are_listed_as_skipped(tmp_path, videos, capsys):
+def test_symlink_loops_and_broken_links_are_listed_as_skipped(tmp_path, videos, cli_in_process):
     os.symlink("loop.mp4", videos / "cls_a" / "loop.mp4")  # a link to itself
     os.symlink(videos, videos / "cls_b" / "up")  # a folder link back to the top: would recurse for ever
     os.symlink(tmp_path / "gone.mp4", videos / "cls_b" / "gone.mp4")
@@ -311,7 +299,7 @@ def test_symlink_loops_and_broken_links_are_listed_as_skipped(tmp_path, videos, 
     (linked / "cls_c" / "c.mp4").write_bytes((videos / "cls_a" / "a0.mp4").read_bytes())
     os.symlink(linked / "cls_c", videos / "cls_c")  # a folder link elsewhere: followed
     out = tmp_path / "out"
-    assert _run(_prepare_args(videos, out), capsys)[0] == 0
+    assert cli_in_process(_prepare_args(videos, out))[0] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s["path"]: s["reason"] for s in manifest["skipped"]} == {
         "cls_a/loop.mp4": "symlink loop",
@@ -323,12 +311,12 @@ def test_symlink_loops_and_broken_links_are_listed_as_skipped(tmp_path, videos, 
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads every folder")
-def test_an_unreadable_folder_is_listed_as_skipped(tmp_path, videos, capsys):
+def test_an_unreadable_folder_is_listed_as_skipped(tmp_path, videos, cli_in_process):
     locked = videos / "cls_locked"
     locked.mkdir()
     locked.chmod(0)
     try:
-        assert _run(_prepare_args(videos, tmp_path / "out"), capsys)[0] == 0
+        assert cli_in_process(_prepare_args(videos, tmp_path / "out"))[0] == 0
     finally:
         locked.chmod(0o755)
     skipped = json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"]
@@ -338,20 +326,20 @@ def test_an_unreadable_folder_is_listed_as_skipped(tmp_path, videos, capsys):
 # ------------------------------------------------------------------- 13: paths and inputs
 
 
-def test_output_that_is_a_file_or_below_a_file_is_one_line(tmp_path, videos, capsys):
+def test_output_that_is_a_file_or_below_a_file_is_one_line(tmp_path, videos, cli_in_process):
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
     before = passwd.read_bytes()
-    code, err = _run(_prepare_args(videos, passwd), capsys)
+    code, err = cli_in_process(_prepare_args(videos, passwd))
     _one_error(code, err, f"--output {passwd} is a file")
-    code, err = _run(_prepare_args(videos, passwd / "sub"), capsys)
+    code, err = cli_in_process(_prepare_args(videos, passwd / "sub"))
     _one_error(code, err, f"--output {passwd / 'sub'}", "cannot create the folder", "Not a directory")
     assert passwd.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["passwd", "src"]
 
 
-def test_a_single_video_as_input_is_a_one_video_training_set(tmp_path, videos, capsys):
+def test_a_single_video_as_input_is_a_one_video_training_set(tmp_path, videos, cli_in_process):
     out = tmp_path / "one"
-    code, err = _run(_prepare_args(videos / "cls_b" / "b0.mp4", out), capsys)
+    code, err = cli_in_process(_prepare_args(videos / "cls_b" / "b0.mp4", out))
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["cls_b"] and manifest["splits"]["train"]["count"] == 1
@@ -359,13 +347,13 @@ def test_a_single_video_as_input_is_a_one_video_training_set(tmp_path, videos, c
 
 
 @pytest.mark.parametrize("layout", ["csv", "folder"])
-def test_a_binary_list_or_csv_is_one_line(tmp_path, videos, capsys, layout):
+def test_a_binary_list_or_csv_is_one_line(tmp_path, videos, cli_in_process, layout):
     binary = tmp_path / "list.csv"
     binary.write_bytes(bytes(range(256)) * 4)  # NUL bytes and invalid UTF-8
-    code, err = _run(_prepare_args(binary, tmp_path / "out", "--layout", layout), capsys)
+    code, err = cli_in_process(_prepare_args(binary, tmp_path / "out", "--layout", layout))
     _one_error(code, err, str(binary), "not a text file")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("cls_a/a0.mp4,caf\xe9\n".encode("latin-1"))
-    code, err = _run(_prepare_args(latin, tmp_path / "out", "--layout", layout), capsys)
+    code, err = cli_in_process(_prepare_args(latin, tmp_path / "out", "--layout", layout))
     _one_error(code, err, str(latin), "not UTF-8 text", "0xe9")
     assert not (tmp_path / "out").exists()
