@@ -688,7 +688,7 @@ def _work(args: tuple) -> dict:
 PARENT_POLL_S = 2.0  # an idle worker checks this often that its parent still lives
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``), then make
     sure the parent did not die before that took effect."""
     if sys.platform.startswith("linux"):
@@ -713,7 +713,7 @@ def _worker_loop(conn: mp.connection.Connection, inherited: list, parent_pid: in
             os.close(end)
         else:
             end.close()
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     while True:
         while not conn.poll(PARENT_POLL_S):
