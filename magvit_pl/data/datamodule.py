@@ -22,12 +22,25 @@ Val / test: shards in a fixed order, centred clips and crops. They are split acr
 then workers by whole shards when there are enough shards, otherwise by sample index, so every
 sample is seen exactly once per epoch and nothing is duplicated or dropped (the last batch of a
 worker can be short, and ranks may differ by a batch).
+
+Bad data: ``manifest.json`` is checked as a whole when it is read (:func:`check_manifest`), and every
+shard of a split must exist as a regular file of the recorded size before a loader starts. In
+training an unusable sample or shard (see :mod:`magvit_pl.data.shards`) is skipped with a warning
+naming it, and ``MAX_FAILURES`` of them in a row stop the run with one line naming the last; in
+evaluation the first one stops it. SIGTERM while a loader is waiting for data stops the run too
+(Lightning itself only looks for SIGTERM between batches).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import signal
+import stat
+import sys
+import threading
 import warnings
 from itertools import islice
 from pathlib import Path
@@ -40,11 +53,16 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from magvit_pl.data import synthetic
-from magvit_pl.data.shards import decode_sample
-from magvit_pl.data.video import center_crop, random_crop, resize_short_side
+from magvit_pl.data.shards import (FORMAT_VERSION, SampleError, ShardError, check_shard_name, class_name_problem,
+                                   decode_sample, read_shard)
+from magvit_pl.data.video import VideoReadError, center_crop, random_crop, resize_short_side
 from magvit_pl.errors import MissingFileError, UserError
 
 DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
+MAX_FAILURES = 100  # unusable training samples or shards in a row before a run stops
+MAX_MANIFEST_BYTES = 1 << 30
+MAX_SHARD_COUNT = 10_000_000  # samples in one shard
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def default_data_root() -> Path:
@@ -61,10 +79,84 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path} not found ({data_dir} is not a prepared dataset); make it with: "
                                f"python cli.py prepare --input VIDEOS --output {data_dir}")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB; it is not a manifest this project wrote")
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); prepare the data again") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{path} is not valid JSON ({str(e)[:100]}); prepare the data again") from None
+    return check_manifest(manifest, str(path))
+
+
+def _is_int(value: object, low: int = 0, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def check_manifest(manifest: object, where: str = "manifest.json") -> dict:
+    """``manifest`` if everything the loader reads from it is well-formed, else one UserError line:
+    ``format_version`` one this code reads; ``classes`` a list of distinct names that survive
+    classes.txt; ``splits`` a non-empty object whose names are plain words, each with a list of
+    ``shards`` ``{name, count[, bytes]}`` (names plain file names, see ``check_shard_name``; counts
+    integers that add up to the split's ``count``)."""
+    def bad(message: str):
+        raise UserError(f"{where}: {message}; prepare the data again")
+
+    if not isinstance(manifest, dict):
+        bad(f"expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if not _is_int(version, 1, FORMAT_VERSION):
+        bad(f"format_version {version!r:.40} is not one this version reads (1..{FORMAT_VERSION})")
+    classes = manifest.get("classes", [])
+    if not isinstance(classes, list):
+        bad(f"'classes' must be a list of names, got {type(classes).__name__}")
+    for name in classes:
+        if (problem := class_name_problem(name)) is not None:
+            bad(f"class name {name!r:.60} {problem}")
+    if len(set(classes)) != len(classes):
+        bad(f"class '{next(c for c in classes if classes.count(c) > 1)}' is listed twice")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        bad("'splits' must be a non-empty object of split name -> {count, shards}")
+    for split, entry in splits.items():
+        if not SPLIT_NAME.fullmatch(split):
+            bad(f"split name {split!r:.60} is not a plain word (letters, digits, '_', '-')")
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards", []), list):
+            bad(f"split '{split}' must be an object with a list of 'shards'")
+        seen, total = set(), 0
+        for shard in entry.get("shards", []):
+            if not isinstance(shard, dict):
+                bad(f"split '{split}': every shard must be an object {{name, count}}, got {type(shard).__name__}")
+            name = check_shard_name(shard.get("name"), f"{where}, split '{split}'")
+            if name in seen:
+                bad(f"split '{split}' lists shard {name} twice")
+            seen.add(name)
+            if not _is_int(shard.get("count"), 0, MAX_SHARD_COUNT):
+                bad(f"shard {name}: 'count' must be an integer in [0, {MAX_SHARD_COUNT}], "
+                    f"got {shard.get('count')!r:.40}")
+            if "bytes" in shard and not _is_int(shard["bytes"]):
+                bad(f"shard {name}: 'bytes' must be an integer >= 0, got {shard['bytes']!r:.40}")
+            total += shard["count"]
+        if entry.get("count", total) != total or not _is_int(entry.get("count", total)):
+            bad(f"split '{split}': 'count' {entry.get('count')!r:.40} is not the sum of its shards' counts ({total})")
+        if "frames" in entry and not _is_int(entry["frames"]):
+            bad(f"split '{split}': 'frames' must be an integer >= 0, got {entry['frames']!r:.40}")
+    return manifest
+
+
+def _check_shard_file(path: str, size: int | None) -> None:
+    """ShardError unless ``path`` is a regular file of ``size`` bytes (None: any size)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ShardError(path, "listed in manifest.json but not found; prepare the data again") from None
+    except OSError as e:
+        raise ShardError(path, f"cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ShardError(path, "not a regular file")
+    if size is not None and st.st_size != size:
+        raise ShardError(path, f"has {st.st_size} bytes, manifest.json says {size}: it was changed or cut short; "
+                               f"prepare the data again")
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -79,6 +171,12 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).contiguous().numpy()
 
 
+class DataWaitTerminated(UserError):
+    """SIGTERM arrived while the run was waiting for a batch."""
+
+    exit_code = 128 + 15
+
+
 class ShardClips(IterableDataset):
     """Clips from a list of shards; see the module docstring for the train / eval behaviour.
 
@@ -88,11 +186,13 @@ class ShardClips(IterableDataset):
 
     def __init__(self, shards: list[str], counts: list[int], num_frames: int, resolution: int, frame_stride: int = 1,
                  train: bool = False, seed: int = 0, shuffle_buffer: int = 256, samples_per_epoch: int = 512,
-                 batch_size: int = 1, num_workers: int = 0, random_crop: bool = True, random_flip: bool = True):
+                 batch_size: int = 1, num_workers: int = 0, random_crop: bool = True, random_flip: bool = True,
+                 num_classes: int | None = None):
         super().__init__()
         if not shards:
             raise UserError("no shards to read")
         self.shards, self.counts = list(shards), list(counts)
+        self.num_classes = num_classes  # labels must lie in [0, num_classes) (None: not checked)
         self.num_frames, self.resolution, self.frame_stride = num_frames, resolution, frame_stride
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.samples_per_epoch, self.batch_size, self.num_workers = samples_per_epoch, batch_size, num_workers
@@ -155,39 +255,64 @@ class ShardClips(IterableDataset):
         return self._eval_stream(worker, n_w)
 
     def _train_stream(self, rng: np.random.Generator) -> Iterator[dict]:
-        def shard_urls():
-            while True:  # resample shards with replacement, forever
-                yield {"url": self.shards[int(rng.integers(len(self.shards)))]}
+        failures = _Failures()
 
-        raw = wds.tarfile_to_samples(handler=wds.warn_and_continue)(shard_urls())
-        failures = 0
-        for sample in _shuffle(raw, self.shuffle_buffer, rng):
+        def resampled_shards() -> Iterator[dict]:
+            while True:  # resample shards with replacement, forever; a broken one counts as a failure
+                path = self.shards[int(rng.integers(len(self.shards)))]
+                found = 0
+                try:
+                    for sample in read_shard(path):
+                        found += 1
+                        yield sample
+                except ShardError as e:
+                    failures.failed(str(e))
+                    continue
+                if not found:
+                    failures.failed(f"shard {path}: holds no samples")
+
+        for sample in _shuffle(resampled_shards(), self.shuffle_buffer, rng):
             try:
-                yield self._clip(sample, rng)
-                failures = 0
+                clip = self._clip(sample, rng)
+            except DataWaitTerminated:
+                raise
             except (ValueError, UserError) as e:  # a bad or too-short sample: skip it, say which
-                warnings.warn(f"skipping sample {sample.get('__key__')}: {e}", stacklevel=2)
-                failures += 1
-                if failures >= 100:
-                    raise UserError(f"100 training samples in a row were unusable (last: {e}); {_HINT}") from None
+                failures.failed(_sample_problem(sample, e))
+                continue
+            failures.ok()
+            yield clip
+
+    def _eval_samples(self, indices: Iterator[int]) -> Iterator[dict]:
+        """The raw samples of shards ``indices`` in order; a shard holding another number of samples
+        than the manifest says is a ShardError (evaluation must see exactly the recorded set)."""
+        for i in indices:
+            found = 0
+            for sample in read_shard(self.shards[i]):
+                found += 1
+                yield sample
+            if found != self.counts[i]:
+                raise ShardError(self.shards[i], f"holds {found} samples, manifest.json says {self.counts[i]}; "
+                                                 f"prepare the data again")
 
     def _eval_stream(self, worker: int, n_w: int) -> Iterator[dict]:
         parts = self.world_size * n_w
         if len(self.shards) >= parts:  # whole shards: by node, then by worker
-            urls = [{"url": u} for u in self.shards[self.rank :: self.world_size]]
-            mine = wds.tarfile_to_samples()(urls[worker::n_w])
+            mine = self._eval_samples(iter(range(len(self.shards))[self.rank :: self.world_size][worker::n_w]))
         else:  # too few shards: every reader walks all shards, keeps its share of samples
-            raw = wds.tarfile_to_samples()({"url": u} for u in self.shards)
+            raw = self._eval_samples(iter(range(len(self.shards))))
             mine = islice(raw, self.rank * n_w + worker, None, parts)
         for sample in mine:
             try:
-                yield self._clip(sample, None)
-            except ValueError as e:  # evaluation must see every sample: stop with the reason
-                raise UserError(f"sample {sample.get('__key__')}: {e}; {_HINT}") from None
+                clip = self._clip(sample, None)
+            except DataWaitTerminated:
+                raise
+            except (ValueError, UserError) as e:  # evaluation must see every sample: stop with the reason
+                raise UserError(_sample_problem(sample, e)) from None
+            yield clip
 
     def _clip(self, sample: dict, rng: np.random.Generator | None) -> dict:
         """Decode a raw sample to a model-ready clip (random when ``rng`` is given, centred if not)."""
-        d = decode_sample(sample, self.num_frames, self.frame_stride, None, rng)
+        d = decode_sample(sample, self.num_frames, self.frame_stride, None, rng, num_classes=self.num_classes)
         frames = d["frames"]  # (T, H, W, 3) uint8
         if min(frames.shape[1:3]) != self.resolution:
             frames = resize_short_side(frames, self.resolution)
@@ -201,6 +326,32 @@ class ShardClips(IterableDataset):
 
 
 _HINT = "lower --data.num_frames / --data.frame_stride or prepare again with a larger --min_frames"
+
+
+def _sample_problem(sample: dict, err: Exception) -> str:
+    """One line naming the sample (and its shard) and what is wrong with it."""
+    where = f" (shard {sample['__url__']})" if "__url__" in sample else ""
+    if isinstance(err, (SampleError, VideoReadError)):
+        return f"{err}{where}"
+    return f"sample {sample.get('__key__')}{where}: {err}; {_HINT}"  # too short for the clip
+
+
+class _Failures:
+    """Unusable training samples and shards in a row: each is skipped with a warning naming it; the
+    ``MAX_FAILURES``-th in a row stops the run with one line naming the last (a training stream that
+    only ever met broken shards would otherwise resample them forever)."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def ok(self) -> None:
+        self.in_a_row = 0
+
+    def failed(self, problem: str) -> None:
+        warnings.warn(f"skipping {problem}", stacklevel=3)
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_FAILURES:
+            raise UserError(f"{MAX_FAILURES} training samples or shards in a row were unusable (last: {problem})")
 
 
 def _shuffle(stream: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -218,6 +369,69 @@ def _shuffle(stream: Iterator[dict], size: int, rng: np.random.Generator) -> Ite
         buf[j] = item
     order = rng.permutation(len(buf))
     yield from (buf[i] for i in order)
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_wait() -> Iterator[None]:
+    """While the body runs, SIGTERM raises DataWaitTerminated (after the handler that was installed,
+    e.g. Lightning's, has recorded it). Lightning only checks for SIGTERM between batches: a data
+    pipeline that stalls (a hung decoder, a stuck file system) would keep a run alive forever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:  # the process chose to ignore SIGTERM: keep it that way
+        yield
+        return
+
+    def stop(signum, frame):
+        if callable(previous):
+            previous(signum, frame)
+        raise DataWaitTerminated("stopped by SIGTERM while waiting for data")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _from_worker(err: Exception) -> UserError | None:
+    """The one-line UserError behind ``err`` when ``err`` is torch's re-raise of a UserError from a
+    DataLoader worker (whose message carries the worker's whole traceback), else None."""
+    text = str(err)
+    if not (text.startswith("Caught ") and " in DataLoader worker process " in text.split("\n", 1)[0]):
+        return None
+    qualname, _, message = text.rstrip().rsplit("\n", 1)[-1].partition(": ")
+    module, _, name = qualname.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)  # only classes already imported here
+    if not (isinstance(cls, type) and issubclass(cls, UserError)) and not isinstance(err, UserError):
+        return None
+    error = UserError(message)
+    error.exit_code = getattr(cls, "exit_code", UserError.exit_code)
+    return error
+
+
+class _GuardedBatches:
+    """A DataLoader iterator whose waits SIGTERM can stop, and whose worker errors stay one line."""
+
+    def __init__(self, iterator: Iterator):
+        self._iterator = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with _sigterm_stops_the_wait():
+            try:
+                return next(self._iterator)
+            except Exception as err:  # noqa: BLE001  only a worker's UserError is rewritten
+                if (error := _from_worker(err)) is None:
+                    raise
+        raise error from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._iterator, name)
 
 
 class _EpochLoader(DataLoader):
@@ -239,7 +453,7 @@ class _EpochLoader(DataLoader):
             epoch, skip = epoch + 1, 0
         self.dataset.set_epoch(epoch)
         self.dataset.skip_batches = skip
-        return super().__iter__()
+        return _GuardedBatches(super().__iter__())
 
     def __len__(self) -> int:
         self.dataset.set_distributed()
@@ -367,9 +581,14 @@ class VideoDataModule(L.LightningDataModule):
             have = ", ".join(k for k, v in splits.items() if v.get("count")) or "none"
             raise UserError(f"{self.root} has no '{split}' split (splits with data: {have}); "
                             f"set --data.{split_key}_split to one of them")
-        shards = [str(self.root / s["name"]) for s in entry["shards"]]
+        root = os.path.abspath(self.root)  # absolute: no shard path can read as a URL scheme
+        shards = [os.path.join(root, check_shard_name(s["name"])) for s in entry["shards"]]
+        for path, s in zip(shards, entry["shards"]):
+            _check_shard_file(path, s.get("bytes"))
         counts = [int(s["count"]) for s in entry["shards"]]
+        classes = self.manifest.get("classes")
         return ShardClips(shards, counts, self.num_frames, self.resolution, self.frame_stride, train=train,
+                          num_classes=len(classes) if classes else None,
                           seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                           samples_per_epoch=self.train_samples_per_epoch,
                           batch_size=self.batch_size if train else self.eval_batch_size,

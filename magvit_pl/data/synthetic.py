@@ -320,8 +320,11 @@ def _write_dataset(out: Path, p: dict, workers: int | None) -> None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
+        from magvit_pl.data.prepare import die_with_parent
+
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        # workers die with this process: a survivor would hold the dataset lock (inherited) for ever
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             list(pool.map(_write_synthetic_shard, *zip(*[(out, p, *job) for job in jobs])))
     else:
         for job in jobs:

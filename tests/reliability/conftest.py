@@ -262,27 +262,43 @@ def checkpoints(tmp_path) -> TinyCheckpoints:
     return TinyCheckpoints(tmp_path / "ckpts")
 
 
+def _run_cli(capsys, args: list) -> tuple[int, str]:
+    """``magvit_pl.cli.main(args)`` in this process: (exit code, what it wrote to stderr)."""
+    import logging
+
+    from magvit_pl.cli import main
+
+    capsys.readouterr()
+    # Lightning adds stream handlers at import, bound to the sys.stderr of the test that first imported it (a
+    # capture closed since): bind every such handler to this test's stream, as in a fresh process
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # (setStream would flush the closed one)
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture
 def cli_error(capsys) -> Callable[..., str]:
     """``cli_error(args, code=2) -> line``: run ``magvit_pl.cli.main(args)`` in-process, check that it exits with
     ``code``, printed no traceback and exactly one ``error:`` line; return that line."""
-    from magvit_pl.cli import main
 
-    def run(args: list[str], code: int = 2) -> str:
-        import logging
-
-        capsys.readouterr()
-        # Lightning adds stream handlers at import, bound to the sys.stderr of the test that first imported it (a
-        # capture closed since): bind every such handler to this test's stream, as in a fresh process
-        loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
-        for handler in (h for lg in loggers for h in lg.handlers):
-            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
-                handler.stream = sys.stderr  # (setStream would flush the closed one)
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        err = capsys.readouterr().err
+    def run(args: list, code: int = 2) -> str:
+        exit_code, err = _run_cli(capsys, args)
         lines = [line for line in err.splitlines() if line.startswith("error:")]
-        assert info.value.code == code and len(lines) == 1 and "Traceback" not in err, err
+        assert exit_code == code and len(lines) == 1 and "Traceback" not in err, err
         return lines[0]
 
     return run
+
+
+@pytest.fixture
+def cli_in_process(capsys) -> Callable[[list[str]], tuple[int, list[str]]]:
+    """``cli_in_process(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through magvit_pl.cli.main,
+    in this process."""
+    return lambda args: (lambda code, err: (code, err.strip().splitlines()))(*_run_cli(capsys, args))
