@@ -301,4 +301,9 @@ def cli_error(capsys) -> Callable[..., str]:
 def cli_in_process(capsys) -> Callable[[list[str]], tuple[int, list[str]]]:
     """``cli_in_process(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through magvit_pl.cli.main,
     in this process."""
-    return lambda args: (lambda code, err: (code, err.strip().splitlines()))(*_run_cli(capsys, args))
+
+    def run(args: list) -> tuple[int, list[str]]:
+        code, err = _run_cli(capsys, args)
+        return code, err.strip().splitlines()
+
+    return run
