@@ -28,7 +28,7 @@ import torch
 
 from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
 from magvit_pl.errors import UserError
-from magvit_pl.metrics.reconstruction import ReconstructionMetrics, pooled_baseline
+from magvit_pl.metrics.reconstruction import ReconstructionMetrics, pooled_baseline, print_table
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -78,17 +78,6 @@ def evaluate(reconstruct, clips: torch.Tensor, batch: int, lpips: bool, fvd: boo
     return result, torch.cat(outs)
 
 
-def grid_png(path: Path, rows: list[torch.Tensor], n: int, scale: int = 4) -> None:
-    """Middle frame of ``n`` clips spread over the set, for each row tensor, tiled (rows top to bottom)
-    and enlarged ``scale`` times (nearest neighbour, so pixels stay visible)."""
-    from magvit_pl.media import save_png, video_grid
-
-    pick = torch.linspace(0, len(rows[0]) - 1, min(n, len(rows[0]))).round().long()
-    mid = rows[0].shape[2] // 2
-    frames = video_grid([r[pick, :, mid : mid + 1] for r in rows])[0]
-    save_png(path, frames.repeat(scale, 0).repeat(scale, 1))
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", action="append", required=True, help="tokenizer checkpoint (repeat to compare)")
@@ -135,28 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "reconstruction", "clips": len(clips), "num_frames": args.num_frames,
            "resolution": args.resolution, **source, "results": rows}
     print(json.dumps(out))
-    _table(rows)
+    print_table(rows, title="reconstruction (higher PSNR/SSIM, lower LPIPS/rFVD is better)",
+                extra=(("clips", "clips", "d"), ("seconds", "s", ".1f")))
     if args.grid:
-        grid_png(args.grid, [clips, base, *recons], args.grid_clips)
+        from magvit_pl.media import save_frames_png
+
+        save_frames_png(args.grid, [clips, base, *recons], args.grid_clips)
         print(f"grid: {args.grid} (rows: original, baseline, {', '.join(Path(p).name for p in args.ckpt)})")
     return out
-
-
-def _table(rows: dict[str, dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-    table = Table(title="reconstruction (higher PSNR/SSIM, lower LPIPS/rFVD is better)")
-    for col in ("model", "PSNR dB", "SSIM", "LPIPS", "rFVD", "clips", "s"):
-        table.add_column(col)
-    for name, r in rows.items():
-        table.add_row(name, fmt(r["psnr"], ".2f"), fmt(r["ssim"], ".3f"), fmt(r["lpips"], ".3f"),
-                      fmt(r["rfvd"], ".1f"), str(r["clips"]), fmt(r["seconds"], ".1f"))
-    Console().print(table)
-    skipped = {k: v for r in rows.values() for k, v in r["skipped"].items()}
-    for k, v in skipped.items():
-        print(f"{k} skipped: {v}")
 
 
 if __name__ == "__main__":

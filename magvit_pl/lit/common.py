@@ -1,7 +1,6 @@
 """Small pieces both LightningModules share: EMA update, NaN/inf guard, where media files go."""
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -59,39 +58,18 @@ def media_dir(trainer) -> Path:
 class LossCurves(Callback):
     """After each validation, draw ``media/loss_curves.png`` from the run's ``metrics.csv`` (rank 0).
 
-    Curves: ``train/loss`` (blue) and ``val_key`` (orange; default val/psnr or val/acc), each scaled to its own range on a log
-    axis, so the picture shows trends, not magnitudes.
+    One panel per group of logged quantities (train losses, train diagnostics, each validation metric,
+    the learning rate; see :func:`magvit_pl.media.plot_curves`): smoothed lines over faint raw points,
+    axes with ticks and labels, a legend, and a linear, log or symlog y axis so that every series is
+    visible whatever its sign and magnitude.
     """
-
-    def __init__(self, val_key: str | None = None):
-        self.val_key = val_key
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.logger is None:
             return
         trainer.logger.save()
         path = Path(trainer.logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            return
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        columns = list(rows[0]) if rows else []
-        preferred = [k for k in ("val/psnr", "val/acc") if k in columns] + [k for k in columns if k.startswith("val/")]
-        val_key = self.val_key or next(iter(preferred), None)
-        curves = {}
-        for key in ("train/loss", val_key):
-            pts = [pt for r in rows if key and r.get(key) for pt in [_point(r.get("step"), r[key])] if pt is not None]
-            if pts:
-                curves[key] = pts
-        if curves:
-            from magvit_pl.media import plot_curves, save_png
+        if path.is_file():
+            from magvit_pl.media import save_loss_curves
 
-            save_png(media_dir(trainer) / "loss_curves.png", plot_curves(curves))
-
-
-def _point(step: str | None, value: str) -> tuple[float, float] | None:
-    """(step, value) of a metrics.csv row, or None for a cell that is not a number (a run folder from elsewhere)."""
-    try:
-        return float(step), float(value)
-    except (TypeError, ValueError):
-        return None
+            save_loss_curves(path, media_dir(trainer) / "loss_curves.png")

@@ -4,6 +4,7 @@ Thin glue: the networks live in ``magvit_pl.models``, the losses in ``magvit_pl.
 optimisation updates the generator (tokenizer) and the discriminator once each per batch; the EMA of
 the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.checkpoint.load_tokenizer`).
 ``trainer.global_step`` counts generator updates (the discriminator step does not advance it).
+``test`` reports reconstruction metrics next to the pooled baseline (:mod:`magvit_pl.lit.reconstruction`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from magvit_pl.checks import check_args
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
 from magvit_pl.models.checkpointing import apply_activation_checkpointing
+from magvit_pl.lit.reconstruction import ReconstructionTest
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
 from magvit_pl.schedules import total_training_steps, warmup_cosine
 
@@ -36,7 +39,7 @@ ARG_RULES = {
 }
 
 
-class TokenizerModule(LightningModule):
+class TokenizerModule(ReconstructionTest, LightningModule):
     """Trains a :class:`VQTokenizer` (MAGVIT §1): L2 + perceptual + GAN + quantizer losses, R1 and LeCam for D.
 
     Args:
@@ -64,7 +67,7 @@ class TokenizerModule(LightningModule):
         max_consecutive_nonfinite: Stop after this many consecutive steps with a NaN/inf loss.
         val_fvd: Reconstruction FVD at validation when the I3D weights are fetched and clips have ≥ 9
             frames (otherwise skipped with a one-time notice).
-        num_media_clips: Clips shown in the reconstruction grid written at each validation.
+        num_media_clips: Clips shown in the reconstruction grid written at each validation and by ``test``.
         media_fps: Frame rate of the written grids.
         activation_checkpointing: Recompute every residual block of the tokenizer and the discriminator
             in the backward pass instead of keeping its activations (applied in ``configure_model``;
@@ -250,9 +253,9 @@ class TokenizerModule(LightningModule):
             hist = self._val_hist.float()
             if self.trainer.world_size > 1:
                 hist = self.all_gather(hist).sum(0)
-            p = hist / hist.sum().clamp_min(1)
-            self.log("val/codebook_usage", (hist > 0).float().mean())
-            self.log("val/perplexity", torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
+            usage, perplexity = histogram_stats(hist)
+            self.log("val/codebook_usage", usage)
+            self.log("val/perplexity", perplexity)
             self._val_hist = None
         if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             from magvit_pl.media import save_video_grid

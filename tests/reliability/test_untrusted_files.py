@@ -357,7 +357,7 @@ def test_loss_curves_skip_cells_that_are_not_numbers(tmp_path):
 
     from magvit_pl.lit.common import LossCurves
 
-    (tmp_path / "metrics.csv").write_text("step,train/loss,val/psnr\n0,1.5,\n1,oops,20\nx,1.0,21\n2,0.5,22\n")
+    (tmp_path / "metrics.csv").write_text("step,train/loss,val/psnr\n0,1.5,\n1,oops,20\nx,1.0,21\n2,0.5,22\n3,0.4,23,extra,cells\n")
     logger = SimpleNamespace(save=lambda: None, log_dir=str(tmp_path))
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, logger=logger, default_root_dir=str(tmp_path))
     LossCurves().on_validation_end(trainer, None)

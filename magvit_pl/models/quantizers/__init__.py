@@ -10,6 +10,7 @@ from magvit_pl.models.quantizers.base import (
     code_histogram_stats,
     entropy_loss,
     fp32_region,
+    histogram_stats,
 )
 from magvit_pl.models.quantizers.lfq import LookupFreeQuantizer
 from magvit_pl.models.quantizers.vq import VectorQuantizer

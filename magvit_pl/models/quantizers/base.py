@@ -56,10 +56,16 @@ def code_histogram_stats(indices: torch.Tensor, codebook_size: int) -> tuple[tor
     flat = indices.reshape(-1)
     ones = torch.ones_like(flat, dtype=torch.float32)
     counts = torch.zeros(codebook_size, device=flat.device).scatter_add_(0, flat, ones)  # (K,)
+    return counts, *histogram_stats(counts)
+
+
+def histogram_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usage (fraction of the K codes seen at least once) and perplexity of a code histogram ``counts`` (K,)."""
+    counts = counts.float()
     probs = counts / counts.sum().clamp(min=1)
     perplexity = torch.exp(-torch.xlogy(probs, probs).sum())
     usage = (counts > 0).float().mean()
-    return counts, usage, perplexity
+    return usage, perplexity
 
 
 def annealed_weight(weight: float, ratio: float, anneal_steps: int, step: torch.Tensor | int) -> torch.Tensor | float:
