@@ -30,35 +30,56 @@ def test_labels_are_balanced_and_fixed_per_index():
     assert labels == [synthetic.clip_label(0, "train", i) for i in range(64)]
 
 
-def _mask_features(mask: np.ndarray) -> np.ndarray:
-    """Shape-and-motion statistics of the class object's mask (T, H, W)."""
-    t, h, w = mask.shape
-    area = mask.sum((1, 2)) + 1e-6
-    yy, xx = np.mgrid[0:h, 0:w] / h
-    cx, cy = (mask * xx).sum((1, 2)) / area, (mask * yy).sum((1, 2)) / area
-    step = np.hypot(np.diff(cx), np.diff(cy))
-    change = np.abs(np.diff(mask, axis=0)).sum((1, 2)) / area[1:]
-    return np.array([area.mean() / (h * w), area.std() / area.mean(), step.mean(), step.std(), change.mean(),
-                     np.hypot(cx[-1] - cx[0], cy[-1] - cy[0])])
+def _global_motion(clip: np.ndarray) -> np.ndarray:
+    """(tx, ty, zoom, |rotation|) of the camera, fitted to the pixels: per pair of frames, least squares on
+    brightness constancy I_t + u I_x + v I_y = 0 with u = tx + s x - r y, v = ty + s y + r x; averaged."""
+    g = clip.astype(np.float64).mean(-1) / 255.0  # (T, H, W) luminance
+    _, h, w = g.shape
+    y, x = (np.mgrid[0:h, 0:w] - (h - 1) / 2) / w
+    fits = []
+    for a, b in zip(g[:-1], g[1:]):
+        iy, ix = np.gradient((a + b) / 2)
+        basis = np.stack([ix, iy, ix * x + iy * y, iy * x - ix * y], -1)[2:-2, 2:-2].reshape(-1, 4)
+        fits.append(np.linalg.lstsq(basis, -(b - a)[2:-2, 2:-2].reshape(-1), rcond=None)[0])
+    tx, ty, zoom, rot = np.mean(fits, 0)
+    return np.array([tx, ty, zoom, abs(rot)])
 
 
-def test_classes_are_visually_distinct():
-    """A nearest-centroid classifier on simple mask statistics tells the 8 classes apart."""
+def test_classes_are_the_camera_motion():
+    """A nearest-centroid classifier on the global motion fitted to the pixels tells the 8 classes apart."""
     feats, labels = [], []
     for i in range(96):
         label = synthetic.clip_label(0, "train", i)
-        _, mask = synthetic.render_clip(label, synthetic.clip_rng(0, "train", i), 16, 32, return_mask=True)
-        feats.append(_mask_features(mask))
+        feats.append(_global_motion(synthetic.render_clip(label, synthetic.clip_rng(0, "train", i), 16, 32)))
         labels.append(label)
     x, y = np.array(feats), np.array(labels)
-    z = (x - x.mean(0)) / x.std(0)
+    z = x / x.std(0)
     train = np.arange(len(y)) < 48
-    centroids = np.stack([z[train & (y == c)].mean(0) for c in range(8)])
+    centroids = np.stack([np.median(z[train & (y == c)], 0) for c in range(8)])
     pred = np.argmin(((z[~train][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert (pred == y[~train]).mean() >= 0.8  # chance is 0.125
-    # and the per-class means of the statistics differ for every pair of classes
-    dist = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)
-    assert dist[~np.eye(8, dtype=bool)].min() > 0.5
+    # the fitted motion has the sign of each class: the world moves against the camera
+    mean = {synthetic.CLASSES[c]: x[y == c].mean(0) for c in range(8)}
+    assert mean["pan_left"][0] > 0.5 > -0.5 > mean["pan_right"][0]
+    assert mean["pan_up"][1] > 0.5 > -0.5 > mean["pan_down"][1]
+    assert mean["zoom_in"][2] > 0.5 > -0.5 > mean["zoom_out"][2]
+    assert mean["rotate"][3] > 3 * mean["still_camera"][3]
+
+
+def test_statistics_are_those_of_natural_images():
+    """Dead leaves: the power spectrum of natural images (log-log slope -2.9 here; the real clips in
+    ../shared/data give -3.0 on the same measure) and colours spread more in luminance than in chroma
+    (the real clips: 1.2-13x)."""
+    clips = [synthetic.render_clip(i % 8, synthetic.clip_rng(0, "train", i), 4, 64) for i in range(16)]
+    frames = np.stack([c[0] for c in clips]).astype(np.float64).mean(-1)  # (16, 64, 64) luminance
+    power = np.abs(np.fft.fft2(frames - frames.mean((1, 2), keepdims=True))) ** 2
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(64), np.fft.fftfreq(64)))
+    band = (f > 2 / 64) & (f < 0.35)
+    slope = np.polyfit(np.log(f[band]), np.log(power.mean(0)[band]), 1)[0]
+    assert -3.5 < slope < -2.4, slope
+    rgb = np.stack(clips).reshape(-1, 3).astype(np.float64) / 255
+    lum = rgb.mean(1)
+    assert lum.std() > 1.2 * (rgb - lum[:, None]).std()
 
 
 def test_dataset_on_disk_matches_prepare_format(tmp_path):
@@ -72,7 +93,7 @@ def test_dataset_on_disk_matches_prepare_format(tmp_path):
     first = samples[0]
     expected = synthetic.render_clip(first["label"], synthetic.clip_rng(0, "val", 0), 8, 32)
     assert first["frames"].shape == (8, 32, 32, 3) and first["meta"]["class"] == synthetic.CLASSES[first["label"]]
-    assert np.abs(first["frames"].astype(int) - expected).mean() < 6  # mp4 4:4:4 CRF 18 (random pairs: ~80)
+    assert np.abs(first["frames"].astype(int) - expected).mean() < 10  # textured 32² at CRF 18 (random pairs: ~80)
     # a second call finds it complete and leaves it alone; other settings are refused
     stamp = (root / "manifest.json").stat().st_mtime_ns
     assert synthetic.ensure_default_dataset(tmp_path / "syn", **SMALL) == root
