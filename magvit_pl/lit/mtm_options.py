@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from magvit_pl.checkpoint import load_checkpoint
 from magvit_pl.ckpt_io import save_atomically
-from magvit_pl.commit import CommitConfig
+from magvit_pl.commit import CommitConfig, TaskScheduleKind
 from magvit_pl.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.transformer import TransformerConfig
+from magvit_pl.schedules import LRSchedule
+from magvit_pl.lit.evaluation import EvalConfig
 from magvit_pl.sampling import SamplingConfig
 from magvit_pl.tasks import LatentRule
+
+TaskTokenLayout = Literal["auto", "always", "never"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +35,9 @@ class OptimConfig:
         betas: AdamW betas.
         weight_decay: Weight decay on weight matrices only (not embeddings, LayerNorms or biases).
         warmup_steps: Linear warmup steps before the cosine decay.
-        min_lr_ratio: Final learning rate as a fraction of the peak.
+        min_lr_ratio: Final learning rate as a fraction of the peak (``warmup_cosine`` only).
+        lr_schedule: ``warmup_cosine`` (linear warmup, cosine to ``min_lr_ratio`` over the remaining steps) or
+            ``official`` (scenic's form: rate 0 at step 0, cosine over all the run's steps).
     """
 
     lr: float = 1e-4
@@ -39,6 +45,7 @@ class OptimConfig:
     weight_decay: float = 0.045
     warmup_steps: int = 5000
     min_lr_ratio: float = 0.0
+    lr_schedule: LRSchedule = "warmup_cosine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +59,23 @@ class TaskConfig:
             the tasks whose constructor declares it.
         latent_rule: Latent condition mask rule: ``task`` (official), ``any`` or ``all``; reaches only
             the tasks whose constructor declares it.
+        task_token: Whether sequences start with a task token: ``auto`` (official: only when there is more
+            than one task, so a single-task model sees ``[class] + N``), ``always`` or ``never``.
+        shared_task_tokens: Give all outpainting and inpainting tasks one task token, as the official code
+            does (task_registry.py:191-194); off: every task its own token.
+        weights: Relative sampling weight per task name (tasks not listed: 1); None = equal weights.
+        schedule: Which task each step trains: ``cycle`` (a shuffled list in proportion to the weights,
+            reshuffled every pass) or ``official`` (that list permuted once with the seed and indexed by
+            the step, as the official trainer).
     """
 
     names: list[str] | None = None
     num_cond_frames: int = 1
     latent_rule: LatentRule = "task"
+    task_token: TaskTokenLayout = "auto"
+    shared_task_tokens: bool = False
+    weights: dict[str, float] | None = None
+    schedule: TaskScheduleKind = "cycle"
 
     def shared_options(self) -> dict[str, Any]:
         """The options passed to each task that declares them (see :func:`magvit_pl.tasks.get_task`)."""
@@ -65,7 +84,7 @@ class TaskConfig:
 
 GROUPS: dict[str, type] = {
     "transformer": TransformerConfig, "commit": CommitConfig, "sampling": SamplingConfig,
-    "optim": OptimConfig, "tasks": TaskConfig,
+    "optim": OptimConfig, "tasks": TaskConfig, "evaluation": EvalConfig,
 }
 
 # Checkpoints written before the options were grouped saved them flat: old name -> (group, field).
@@ -139,6 +158,8 @@ def constructor_args(hparams: dict[str, Any]) -> dict[str, Any]:
             unknown = sorted(set(value) - known)
             if unknown:
                 raise UserError(f"checkpoint hyper-parameter model.{name} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            if name == "tasks" and "task_token" not in value:  # saved before the option: every sequence had a task token
+                value = {**value, "task_token": "always"}
             args[name] = cls(**{k: tuple(v) if isinstance(v, list) and k != "names" else v for k, v in value.items()})
     return args
 
