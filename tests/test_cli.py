@@ -194,5 +194,5 @@ def test_an_mtm_option_of_the_flat_layout_says_where_it_moved(capsys, args, move
     if moved:
         assert f"MTM options are grouped now: {moved}" in err[0]
     else:
-        assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule), not a single value; "
+        assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule, task_token, shared_task_tokens, weights, schedule), not a single value; "
                           "e.g. --model.tasks.names VALUE, or in YAML tasks: {names: ...}")
