@@ -263,6 +263,21 @@ class TaskEvaluator:
             results[name] = values
         return results, per_repeat
 
+    def count_table(self, clips_seen: int) -> torch.Tensor:
+        """``(tasks + 1, repeats)`` long: the samples scored per task and repeat, then this process's test clips
+        (a tensor, to be summed over processes)."""
+        rows = [self.counts[n] for n in self.names] + [[clips_seen] * self.num_repeats]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def protocol(self, config: EvalConfig, datamodule: Any, counts: torch.Tensor, per_repeat: dict[str, Any]) -> dict[str, Any]:
+        """The ``evaluation`` entry of ``results.json``: the protocol asked for and what was done (``counts`` from
+        :meth:`count_table`, summed over processes)."""
+        return {"num_samples": config.num_samples, "num_repeats": config.num_repeats,
+                "test_split": getattr(datamodule, "splits", {}).get("test"),
+                "eval_clips_per_video": getattr(datamodule, "eval_clips_per_video", 1),
+                "test_clips": int(counts[-1, 0]), "generated_per_repeat": {n: counts[i].tolist() for i, n in enumerate(self.names)},
+                "per_repeat": per_repeat, "real_feature_passes": self.real_feature_passes}
+
     # ---- the real side of FVD, computed once per test set
     def fvd_metrics(self) -> list[Any]:
         return [m for repeats in self.metrics.values() for c in repeats for m in c.values() if _is_fvd(m)]

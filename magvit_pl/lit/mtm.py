@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from magvit_pl.checks import check_args
 from magvit_pl.checkpoint import check_init_kwargs, load_tokenizer, load_weights, read_model_checkpoint
-from magvit_pl.commit import CommitConfig, TaskSchedule, Vocab, official_token_keys
+from magvit_pl.commit import CommitConfig, TaskSchedule, Vocab
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir
 from magvit_pl.lit.evaluation import EvalConfig, TaskEvaluator, eval_task_names, make_plan, sample_seed
@@ -113,17 +113,8 @@ class MTMModule(LightningModule):
         self.sampling_config, self.optim_config, self.eval_config = g["sampling"], g["optim"], g["evaluation"]
         self.task_names = list(self.task_config.names or sorted(discover_tasks()))
         self._tasks: dict[str, Task] = {}
-        if num_classes == 0:
-            conditional = [n for n in self.task_names if self.task(n).uses_class]
-            if conditional:
-                raise UserError(f"model.num_classes=0 (data without classes) but {', '.join(conditional)} "
-                                f"{'is' if len(conditional) == 1 else 'are'} class-conditional; leave them out of model.tasks.names")
-        weights = dict(self.task_config.weights or {})
-        unknown = sorted(set(weights) - set(self.task_names))
-        if unknown:
-            raise UserError(f"model.tasks.weights names {', '.join(unknown)}, not among the trained tasks: {', '.join(self.task_names)}")
-        self.schedule = TaskSchedule(self.task_names, [float(weights.get(n, 1.0)) for n in self.task_names],
-                                     self.task_config.schedule, seed)
+        self.task_config.check_classes(num_classes, {n: self.task(n).uses_class for n in self.task_names})
+        self.schedule = TaskSchedule(self.task_names, self.task_config.weight_list(self.task_names), self.task_config.schedule, seed)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.hparams.update({name: dataclasses.asdict(value) for name, value in g.items()})  # plain data in checkpoints
         self.hparams["tasks"]["names"] = list(self.task_names)  # explicit: a new plugin never shifts the vocabulary
@@ -156,20 +147,11 @@ class MTMModule(LightningModule):
             self.tokenizer = load_tokenizer(hp.tokenizer_ckpt)
         k = self.tokenizer.codebook_size
         self.grid = self.tokenizer.token_grid(hp.num_frames, hp.resolution, hp.resolution)
-        self.vocab = self.build_vocab(k)
+        self.vocab = self.task_config.vocab(k, hp.num_classes, {n: self.task(n).family for n in self.task_names})
         seq_len = self.vocab.prefix_len + math.prod(self.grid)
         self.transformer = BidirectionalTransformer(self.vocab.size, seq_len, self.transformer_config, codebook_size=k)
         if hp.activation_checkpointing:
             apply_activation_checkpointing(self.transformer)
-
-    def build_vocab(self, codebook_size: int) -> Vocab:
-        """The vocabulary: a task token unless the layout says otherwise (``auto``: only with several tasks, as
-        the official code), shared by out/inpainting with ``shared_task_tokens``."""
-        cfg, names = self.task_config, tuple(self.task_names)
-        task_token = len(names) > 1 if cfg.task_token == "auto" else cfg.task_token == "always"
-        keys = official_token_keys(names, [self.task(n).family for n in names]) if cfg.shared_task_tokens and task_token else None
-        return Vocab(codebook_size=codebook_size, num_classes=self.hparams.num_classes, task_names=names,
-                     task_token=task_token, token_keys=keys)
 
     @property
     def uncond_task(self) -> str | None:
@@ -274,7 +256,7 @@ class MTMModule(LightningModule):
         for name in self.evaluator.names:
             inputs = tokenize(self.tokenizer, self.vocab, self.task(name), video, batch.get("label"), need_z=False)
             for p, k, spans in groups:
-                out = self._sample(inputs if k == video.shape[0] else _first_rows(inputs, k), sample_seed(self.hparams.seed, batch_idx, p))
+                out = self._sample(inputs.head(k), sample_seed(self.hparams.seed, batch_idx, p))
                 for lo, hi, repeat in spans:
                     self.evaluator.update(name, out, repeat, (lo, hi))
                 if batch_idx == 0 and p == 0 and self.trainer.is_global_zero:
@@ -286,22 +268,16 @@ class MTMModule(LightningModule):
         for name, values in results.items():
             for k, v in values.items():
                 self.log(f"test/{name}/{k}", v, sync_dist=False)
-        counts = torch.tensor([self.evaluator.counts[n] for n in self.evaluator.names] + [[self._clips_seen] * self.evaluator.num_repeats],
-                              device=self.device)
+        counts = self.evaluator.count_table(self._clips_seen).to(self.device)  # (tasks + 1, repeats)
         if self.trainer.world_size > 1:
             counts = self.all_gather(counts).sum(0)
         if self.trainer.is_global_zero:
             self.evaluator.save_real_stats(self._fvd_stats)
             stats = {k: v for k, v in (self._fvd_stats or {}).items() if k != "manifest_sha256"} or None
-            dm = getattr(self.trainer, "datamodule", None)
-            ev = self.eval_config
-            evaluation = {"num_samples": ev.num_samples, "num_repeats": ev.num_repeats,
-                          "test_split": getattr(dm, "splits", {}).get("test"), "eval_clips_per_video": getattr(dm, "eval_clips_per_video", 1),
-                          "test_clips": int(counts[-1, 0]), "generated_per_repeat": {n: counts[i].tolist() for i, n in enumerate(self.evaluator.names)},
-                          "per_repeat": per_repeat, "real_feature_passes": self.evaluator.real_feature_passes}
             protocol = {"sample_steps": self.sampling_config.steps, "seed": hp.seed, "num_frames": hp.num_frames,
                         "resolution": hp.resolution, "tokenizer_ckpt": hp.tokenizer_ckpt, "fvd_real_stats": stats,
-                        "guidance_scale": self.sampling_config.guidance_scale, "evaluation": evaluation}
+                        "guidance_scale": self.sampling_config.guidance_scale,
+                        "evaluation": self.evaluator.protocol(self.eval_config, getattr(self.trainer, "datamodule", None), counts, per_repeat)}
             write_results(results, hp.eval_task or "all", media_dir(self.trainer).parent, protocol=protocol)
         self.evaluator = None
 
@@ -365,12 +341,3 @@ class MTMModule(LightningModule):
         self.schedule.load_state(meta.get("cycle", {}))
         self.guard.total = int(meta.get("nonfinite_steps", 0))
 
-
-def _first_rows(inputs, k: int):
-    """The first ``k`` clips of a :class:`~magvit_pl.lit.mtm_batch.TokenizedBatch`."""
-    from magvit_pl.tasks import Condition
-
-    cond = inputs.condition
-    return dataclasses.replace(inputs, z=None if inputs.z is None else inputs.z[:k], z_cond=inputs.z_cond[:k],
-                               cond_mask=inputs.cond_mask[:k], prefix=inputs.prefix[:k],
-                               condition=Condition(video=cond.video[:k], pixel_mask=cond.pixel_mask[:k]))

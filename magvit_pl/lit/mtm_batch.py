@@ -37,6 +37,14 @@ class TokenizedBatch:
     prefix: Tensor
     condition: Condition
 
+    def head(self, k: int) -> "TokenizedBatch":
+        """The first ``k`` clips (itself when it has no more)."""
+        if k >= self.z_cond.shape[0]:
+            return self
+        cond = Condition(video=self.condition.video[:k], pixel_mask=self.condition.pixel_mask[:k])
+        return TokenizedBatch(z=None if self.z is None else self.z[:k], z_cond=self.z_cond[:k], cond_mask=self.cond_mask[:k],
+                              prefix=self.prefix[:k], condition=cond)
+
 
 @dataclass
 class Sample:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from magvit_pl.checkpoint import load_checkpoint
 from magvit_pl.ckpt_io import save_atomically
-from magvit_pl.commit import CommitConfig, TaskScheduleKind
+from magvit_pl.commit import CommitConfig, TaskScheduleKind, Vocab, official_token_keys
 from magvit_pl.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.transformer import TransformerConfig
@@ -76,6 +76,32 @@ class TaskConfig:
     shared_task_tokens: bool = False
     weights: dict[str, float] | None = None
     schedule: TaskScheduleKind = "cycle"
+
+    def vocab(self, codebook_size: int, num_classes: int, families: dict[str, str]) -> Vocab:
+        """The vocabulary of the tasks ``families`` (name → family, in order): a task token unless ``task_token``
+        says otherwise (``auto``: only with several tasks, as the official code), one for all out/inpainting
+        tasks with ``shared_task_tokens``."""
+        names = tuple(families)
+        task_token = len(names) > 1 if self.task_token == "auto" else self.task_token == "always"
+        keys = official_token_keys(names, list(families.values())) if self.shared_task_tokens and task_token else None
+        return Vocab(codebook_size=codebook_size, num_classes=num_classes, task_names=names, task_token=task_token, token_keys=keys)
+
+    def weight_list(self, names: list[str]) -> list[float]:
+        """The sampling weight of each of ``names`` (1 unless ``weights`` says otherwise); a weight for another
+        task is a one-line error."""
+        weights = dict(self.weights or {})
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise UserError(f"model.tasks.weights names {', '.join(unknown)}, not among the trained tasks: {', '.join(names)}")
+        return [float(weights.get(n, 1.0)) for n in names]
+
+    @staticmethod
+    def check_classes(num_classes: int, uses_class: dict[str, bool]) -> None:
+        """Data without classes (``num_classes`` 0, e.g. BAIR) trains no class-conditional task."""
+        conditional = [n for n, uses in uses_class.items() if uses]
+        if num_classes == 0 and conditional:
+            raise UserError(f"model.num_classes=0 (data without classes) but {', '.join(conditional)} "
+                            f"{'is' if len(conditional) == 1 else 'are'} class-conditional; leave them out of model.tasks.names")
 
     def shared_options(self) -> dict[str, Any]:
         """The options passed to each task that declares them (see :func:`magvit_pl.tasks.get_task`)."""
