@@ -179,19 +179,11 @@ class TokenizerModule(ReconstructionTest, LightningModule):
     def init_from_checkpoint(self, path: str) -> list[str]:
         """Initialise tokenizer, EMA and (``init_discriminator``) discriminator from ``path``, inflating 2D
         kernels (see ``init_from``); returns the parts initialised."""
-        from magvit_pl.models.inflation import inflate_state_dict, load_init_parts
+        from magvit_pl.models.inflation import init_run_from_checkpoint
 
         hp = self.hparams
-        parts = load_init_parts(path, prefix=hp.init_prefix)
-        self.tokenizer.load_state_dict(inflate_state_dict(parts.generator, self.tokenizer, hp.inflation, what="the tokenizer"))
-        done = ["tokenizer"]
-        ema = parts.ema if parts.ema is not None else parts.generator
-        self.ema_tokenizer.load_state_dict(inflate_state_dict(ema, self.ema_tokenizer, hp.inflation, what="the EMA tokenizer"))
-        done.append("ema (from the checkpoint's EMA)" if parts.ema is not None else "ema (from its tokenizer)")
-        if self.discriminator is not None and hp.init_discriminator and parts.discriminator is not None:
-            sd = inflate_state_dict(parts.discriminator, self.discriminator, hp.inflation, strict=False, what="the discriminator")
-            self.discriminator.load_state_dict(sd)
-            done.append("discriminator")
+        disc = self.discriminator if hp.init_discriminator else None
+        done = init_run_from_checkpoint(path, self.tokenizer, self.ema_tokenizer, disc, hp.inflation, hp.init_prefix)
         log.info("init_from %s (%s inflation): %s", path, hp.inflation, ", ".join(done))
         return done
 

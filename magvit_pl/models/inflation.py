@@ -138,6 +138,23 @@ def load_init_parts(path: str | os.PathLike, prefix: str = "") -> InitParts:
     return InitParts(generator=plain)
 
 
+def init_run_from_checkpoint(path: str | os.PathLike, tokenizer: nn.Module, ema: nn.Module, discriminator: nn.Module | None = None,
+                             mode: InflationMode = "central", prefix: str = "") -> list[str]:
+    """Initialise a tokenizer run from ``path`` (see :func:`load_init_parts`), inflating 2D kernels: ``tokenizer``
+    from its generator, ``ema`` from its EMA (or its generator when it has none) and ``discriminator``, when
+    given and the file has one, from its discriminator (entries that do not fit keep their values). Returns the
+    parts initialised, e.g. ``['tokenizer', "ema (from the checkpoint's EMA)", 'discriminator']``."""
+    parts = load_init_parts(path, prefix=prefix)
+    tokenizer.load_state_dict(inflate_state_dict(parts.generator, tokenizer, mode, what="the tokenizer"))
+    src = parts.ema if parts.ema is not None else parts.generator
+    ema.load_state_dict(inflate_state_dict(src, ema, mode, what="the EMA tokenizer"))
+    done = ["tokenizer", "ema (from the checkpoint's EMA)" if parts.ema is not None else "ema (from its tokenizer)"]
+    if discriminator is not None and parts.discriminator is not None:
+        discriminator.load_state_dict(inflate_state_dict(parts.discriminator, discriminator, mode, strict=False, what="the discriminator"))
+        done.append("discriminator")
+    return done
+
+
 def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """Read a plain state dict or a Lightning checkpoint (its ``state_dict``), keeping the entries that
     start with ``prefix`` (e.g. ``'tokenizer.'``), with the prefix removed."""
