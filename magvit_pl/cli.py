@@ -206,6 +206,8 @@ def _make_cli_class():
             parser.add_argument("--run_dir", type=Optional[str], default=None, help="Run directory (default: RUNS_ROOT/<tokenizer|mtm>/<timestamp>; with --ckpt_path last: the latest run).")
             parser.add_argument("--runs_root", type=str, default="runs", help="Folder holding one sub-folder per model kind and run.")
             parser.add_argument("--task", type=Optional[str], default=None, help="MTM only: task name or family to evaluate (test) — see `python cli.py tasks`.")
+            parser.add_argument("--num_samples", type=Optional[int], default=None, help="MTM test: generated clips per repeat (default: the model's evaluation.num_samples, else one per test clip).")
+            parser.add_argument("--num_repeats", type=Optional[int], default=None, help="MTM test: repeats of --num_samples clips; metrics are reported as mean and std over them (default: the model's evaluation.num_repeats).")
             parser.add_argument("--kind", type=Optional[Literal["tokenizer", "mtm"]], default=None, help="test/validate without --ckpt_path: use the latest run of this kind (default: the kind of --config's model, else mtm).")
             parser.add_argument("--save_every_n_steps", type=int, default=200, help="fit: write checkpoints/last.ckpt every N training steps (and after each validation); 0 = only after validation. A crash loses at most N steps: resume with --ckpt_path last.")
 
@@ -303,6 +305,19 @@ def _make_cli_class():
                 if "eval_task" not in (cfg.model.get("init_args") or {}):
                     raise UserError(f"--task {cfg.task}: only an MTM model (magvit_pl.lit.mtm.MTMModule) evaluates tasks")
                 cfg.model.init_args.eval_task = cfg.task
+            for flag in ("num_samples", "num_repeats"):  # after the checkpoint's hyper-parameters were merged, like --task
+                value = cfg.get(flag)
+                if value is None:
+                    continue
+                if "evaluation" not in (cfg.model.get("init_args") or {}):
+                    raise UserError(f"--{flag} {value}: only an MTM model (magvit_pl.lit.mtm.MTMModule) has a test protocol")
+                if value < 1:
+                    raise UserError(f"--{flag} {value}: must be >= 1")
+                if cfg.model.init_args.evaluation is None:  # null in a config: the defaults
+                    from jsonargparse import Namespace
+
+                    cfg.model.init_args.evaluation = Namespace(num_samples=None, num_repeats=1)
+                cfg.model.init_args.evaluation[flag] = value
 
         def instantiate_trainer(self, **kwargs: Any):
             trainer_cfg = self._get(self.config_init, "trainer", default={})

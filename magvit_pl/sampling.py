@@ -109,7 +109,7 @@ def decode(
             (a :class:`BidirectionalTransformer` in eval mode works as is).
         z_cond: condition tokens ``z̃`` ``(B, N)`` (any ``(B, ...)`` shape; ignored outside the mask).
         cond_mask: ``(B, N)`` bool, True where a position belongs to the condition.
-        prefix: ``(B, P)`` prefix ids, ``[task][class or UNCOND]`` (see ``commit.build_prefix``).
+        prefix: ``(B, P)`` prefix ids, ``[task][class or UNCOND]`` or ``[class or UNCOND]`` (see ``commit.build_prefix``).
         vocab: the vocabulary.
         steps: number of decoding steps K (model calls), 1 ≤ K ≤ N (each step fixes at least one token).
         schedule: mask schedule name (``commit.mask_ratio_schedule``).
@@ -121,7 +121,7 @@ def decode(
         mode: ``commit``, or ``naive`` for a model trained with ``commit.corrupt(mode='naive')``:
             the condition positions are given ``z̃`` and never re-predicted.
         uncond_prefix: prefix of the unconditional pass for guidance; default ``prefix`` with its
-            class token replaced by UNCOND.
+            class token replaced by UNCOND (``commit.uncond_prefix`` also sets the official task token).
     """
     if steps < 1:
         raise UserError(f"decoding steps must be >= 1, got {steps}")
@@ -145,7 +145,7 @@ def decode(
     guided = guidance_scale != 0.0
     if guided and uncond_prefix is None:
         uncond_prefix = prefix.clone()
-        uncond_prefix[:, 1] = vocab.uncond
+        uncond_prefix[:, -1] = vocab.uncond  # the class token is the last prefix token
 
     sampled = tokens
     for step in range(steps):

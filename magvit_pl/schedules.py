@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
+
+LRSchedule = Literal["warmup_cosine", "official"]
+LR_SCHEDULES: tuple[str, ...] = ("warmup_cosine", "official")
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, min_ratio: float = 0.0) -> float:
@@ -15,6 +19,27 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, min_rat
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def official_warmup_cosine(step: int, warmup_steps: int, total_steps: int | None) -> float:
+    """The official schedule, scenic's ``'constant * cosine_decay * linear_warmup'`` with ``steps_per_cycle`` =
+    the run's total steps (e.g. maskgvt_ucf101_config.py:97-103): ``min(1, step / warmup)`` times
+    ``½(1 + cos(π·((max(0, step − warmup) / total) mod 1)))``. Unlike :func:`warmup_cosine` the first step has
+    rate 0 and the cosine spans the whole run, so it ends slightly above 0 (e.g. 1.1% of the peak for 5,000
+    warmup steps of 74,000). ``total_steps`` of ``None`` keeps the rate constant after warmup."""
+    ret = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    if total_steps:
+        progress = max(0.0, (step - warmup_steps) / float(total_steps))
+        ret *= max(0.0, 0.5 * (1.0 + math.cos(math.pi * (progress % 1.0))))
+    return ret
+
+
+def lr_multiplier(kind: str, step: int, warmup_steps: int, total_steps: int | None, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base rate at ``step`` for schedule ``kind`` (``warmup_cosine`` or ``official``;
+    ``min_ratio`` applies to ``warmup_cosine`` only)."""
+    if kind == "official":
+        return official_warmup_cosine(step, warmup_steps, total_steps)
+    return warmup_cosine(step, warmup_steps, total_steps, min_ratio)
 
 
 def total_training_steps(trainer) -> int | None:

@@ -15,8 +15,20 @@ HARDWARE = sorted(p for p in CONFIGS if p.parent.name == "hardware")
 DATA = sorted(p for p in CONFIGS if p.parent.name == "data")
 FULL = [p for p in CONFIGS if p not in HARDWARE and p not in DATA]
 # paper overlays (no class_path of their own): each is parsed composed after the file(s) it names
-OVERLAYS = {"mtm_L.yaml": ["mtm_B.yaml"], "mtm_bair.yaml": ["mtm_B.yaml"],
-            "tokenizer_L.yaml": ["tokenizer_B.yaml"], "tokenizer_bair.yaml": ["tokenizer_B.yaml"]}
+OVERLAYS = {"mtm_L.yaml": ["mtm_B.yaml"], "mtm_bair.yaml": ["mtm_B.yaml"], "mtm_ucf_cg.yaml": ["mtm_B.yaml"],
+            "mtm_bair_fp.yaml": ["mtm_B.yaml", "mtm_bair.yaml"], "mtm_bair_mt.yaml": ["mtm_B.yaml", "mtm_bair.yaml"],
+            "mtm_bair_fp_L.yaml": ["mtm_B.yaml", "mtm_L.yaml", "mtm_bair.yaml", "mtm_bair_fp.yaml"],
+            "mtm_bair_mt_L.yaml": ["mtm_B.yaml", "mtm_L.yaml", "mtm_bair.yaml", "mtm_bair_mt.yaml"],
+            "mtm_k600_fp.yaml": ["mtm_B.yaml"],
+            "tokenizer_L.yaml": ["tokenizer_B.yaml"], "tokenizer_bair.yaml": ["tokenizer_B.yaml"],
+            "tokenizer_bair_L.yaml": ["tokenizer_B.yaml", "tokenizer_L.yaml", "tokenizer_bair.yaml"],
+            "tokenizer_2d.yaml": ["tokenizer_B.yaml"]}
+
+
+def data_config_for(name: str) -> Path:
+    """The data config a paper recipe is composed with."""
+    kind = "bair" if "bair" in name else "kinetics600" if "k600" in name else "ucf101"
+    return REPO / "configs" / "data" / f"{kind}.yaml"
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -88,7 +100,7 @@ def test_configs_are_found():
 @pytest.mark.parametrize("config", FULL, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_model_yaml_parses(config):
     # paper recipes hold model + schedule only: compose them with a data config, as the README does
-    data = [] if config.parent.name == "configs" else [REPO / "configs" / "data" / ("bair.yaml" if "bair" in config.stem else "ucf101.yaml")]
+    data = [] if config.parent.name == "configs" else [data_config_for(config.stem)]
     bases = [config.parent / name for name in OVERLAYS.get(config.name, [])]
     assert bases or "class_path: magvit_pl.lit." in config.read_text(), f"{config.name}: an overlay missing from OVERLAYS"
     out = print_config(*bases, config, *data)
@@ -98,7 +110,7 @@ def test_every_shipped_model_yaml_parses(config):
 def _model_of(*names: str) -> dict:
     import yaml
 
-    data = REPO / "configs" / "data" / ("bair.yaml" if any("bair" in n for n in names) else "ucf101.yaml")
+    data = data_config_for(" ".join(names))
     return yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))["model"]["init_args"]
 
 
@@ -109,7 +121,7 @@ def test_paper_mtm_overlays_compose_to_the_named_sizes(names, size):
 
     model = _model_of(*names)
     assert {k: model["transformer"][k] for k in PRESETS[size]} == PRESETS[size]
-    assert (model["resolution"], model["num_classes"]) == ((64, 1) if "mtm_bair.yaml" in names else (128, 101))
+    assert (model["resolution"], model["num_classes"]) == ((64, 0) if "mtm_bair.yaml" in names else (128, 101))
 
 
 @pytest.mark.parametrize("names, size", [(["tokenizer_B.yaml"], "B"), (["tokenizer_B.yaml", "tokenizer_L.yaml"], "L"),
@@ -182,5 +194,5 @@ def test_an_mtm_option_of_the_flat_layout_says_where_it_moved(capsys, args, move
     if moved:
         assert f"MTM options are grouped now: {moved}" in err[0]
     else:
-        assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule), not a single value; "
+        assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule, task_token, shared_task_tokens, weights, schedule), not a single value; "
                           "e.g. --model.tasks.names VALUE, or in YAML tasks: {names: ...}")

@@ -173,3 +173,83 @@ def test_masked_accuracy():
     # masked positions 0, 2, 5, 6: predictions 1, 3, 1, 7 vs targets 1, 3, 6, 7 → 3/4
     assert masked_accuracy(logits, Z, MASK).item() == 0.75
     assert masked_accuracy(logits, Z, torch.zeros_like(MASK)).item() == 0.0
+
+
+def test_single_task_layout_has_no_task_token():
+    """Official: without multi_task the sequence is [class] + N (maskgvt_train_lib.py:172-195), one special token."""
+    from magvit_pl.commit import build_prefix, uncond_prefix
+
+    v = Vocab(codebook_size=8, num_classes=3, task_names=("cg",), task_token=False)
+    assert (v.prefix_len, v.uncond, v.mask, v.size) == (1, 11, 12, 13)  # codes, 3 classes, UNCOND, MASK: no task token
+    seq = build_inputs(torch.tensor([[1, 2, 3]]), v, "cg", labels=torch.tensor([2]))
+    assert seq.tolist() == [[10, 1, 2, 3]]
+    assert build_prefix(v, None, 2).tolist() == [[11], [11]]
+    assert uncond_prefix(torch.tensor([[10]]), v, "cg").tolist() == [[11]]
+    p = build_prefix(v, "cg", 500, torch.zeros(500, dtype=torch.long), class_dropout_prob=1.0)
+    assert p.shape == (500, 1) and (p == 11).all()
+    with pytest.raises(UserError, match="no task token"):
+        v.task_id("cg")
+    with pytest.raises(UserError, match="one task only"):
+        Vocab(8, 3, ("fp", "cg"), task_token=False)
+    assert Vocab.from_dict(v.to_dict()) == v
+    old = {"codebook_size": 8, "num_classes": 3, "task_names": ["cg"]}  # written before the layout options
+    assert Vocab.from_dict(old).task_token and Vocab.from_dict(old).size == 14
+
+
+def test_shared_task_tokens_follow_the_official_out_inpainting_sharing():
+    from magvit_pl.commit import official_token_keys
+
+    names = ("frame_prediction", "outpainting_central", "inpainting_dynamic", "outpainting_dynamic", "class_generation")
+    families = ("prediction", "outpainting", "inpainting", "outpainting", "generation")
+    keys = official_token_keys(names, families)
+    shared = Vocab(8, 0, names, token_keys=keys)
+    own = Vocab(8, 0, names)
+    ids = {n: shared.task_id(n) for n in names}
+    # MASK = 9; tokens: frame_prediction 10, out/inpainting 11, class_generation 12
+    assert ids == {"frame_prediction": 10, "outpainting_central": 11, "inpainting_dynamic": 11, "outpainting_dynamic": 11,
+                   "class_generation": 12}
+    assert shared.size == 8 + 0 + 2 + 3 and own.size == 8 + 0 + 2 + 5
+    assert len({own.task_id(n) for n in names}) == 5  # off: every task its own token
+    assert Vocab.from_dict(shared.to_dict()) == shared
+
+
+def test_official_task_schedule_is_a_fixed_permutation_indexed_by_step():
+    from magvit_pl.commit import TaskSchedule, task_counts
+
+    assert task_counts([1, 1, 1]) == [100, 100, 100]  # maskgvt_train_lib.py:332-334
+    assert task_counts([2, 1]) == [200, 100] and task_counts([0.5, 1]) == [100, 200]
+    with pytest.raises(UserError, match="positive"):
+        task_counts([1, 0])
+    names = ["a", "b", "c"]
+    s = TaskSchedule(names, kind="official", seed=3)
+    assert sorted(s.sequence) == sorted(["a"] * 100 + ["b"] * 100 + ["c"] * 100)
+    assert [s.task_at(i) for i in range(6)] == s.sequence[1:7]  # the official loop counts steps from 1
+    assert s.task_at(299) == s.sequence[0] and s.task_at(5) == s.task_at(5)  # stateless, wraps around
+    assert TaskSchedule(names, kind="official", seed=3).sequence == s.sequence  # the seed fixes it
+    assert TaskSchedule(names, kind="official", seed=4).sequence != s.sequence
+    weighted = TaskSchedule(names, [2.0, 1.0, 1.0], kind="official", seed=0)
+    assert weighted.sequence.count("a") == 200 and len(weighted.sequence) == 400
+
+
+def test_cycle_schedule_keeps_the_weights_and_resumes_exactly():
+    import random
+
+    from magvit_pl.commit import TaskSchedule
+
+    names = ["a", "b", "c"]
+    s = TaskSchedule(names, seed=0)
+    first = [s.task_at(i) for i in range(3)]
+    assert sorted(first) == names  # one of each per pass with equal weights
+    rng = random.Random(0)  # equal weights reproduce the previous cycle exactly: a shuffled list, popped
+    old = list(names)
+    rng.shuffle(old)
+    assert first == old[::-1]
+    w = TaskSchedule(names, [3.0, 1.0, 1.0], seed=1)
+    picks = [w.task_at(i) for i in range(50)]  # 10 passes of [a, a, a, b, c]
+    assert picks.count("a") == 30 and picks.count("b") == 10
+    state = w.state()
+    again = TaskSchedule(names, [3.0, 1.0, 1.0], seed=99)
+    again.load_state(state)
+    assert [again.task_at(0) for _ in range(7)] == [w.task_at(0) for _ in range(7)]
+    with pytest.raises(UserError, match="one of cycle, official"):
+        TaskSchedule(names, kind="random")

@@ -83,7 +83,8 @@ def test_tokenizer_fit_with_two_cpu_processes(tmp_path, uneven_data, tiny_tokeni
     ckpt = check_checkpoint(run)
     assert any(k.startswith("ema_tokenizer.") for k in ckpt["state_dict"])
     losses = metric_rows(run, "train/loss")
-    assert len(losses) == STEPS and all(math.isfinite(v) and 0 < v < 5 for v in losses)
+    # the quantizer's entropy term is negative; with L2 in [0, 1] units it can outweigh the rest at the start
+    assert len(losses) == STEPS and all(math.isfinite(v) and -5 < v < 5 for v in losses)
     psnr = metric_rows(run, "val/psnr")  # torchmetrics PSNR, synced over both ranks' 6 clips
     usage = metric_rows(run, "val/codebook_usage")
     assert len(psnr) == 2 and all(5 < v < 40 for v in psnr), psnr

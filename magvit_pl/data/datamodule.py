@@ -18,7 +18,9 @@ epoch the trainer has already completed and each worker replays (decodes and dro
 with the same generator, so the next batch is the one the interrupted run would have seen. Replaying
 costs decode time for the skipped clips (at most one epoch's worth), nothing else.
 
-Val / test: shards in a fixed order, centred clips and crops. They are split across DDP ranks and
+Val / test: shards in a fixed order, centred clips and crops (or ``eval_clips_per_video`` clips evenly
+spaced over each video, starts ``int(linspace(0, last start, k))``, the official BAIR protocol's 15 clips
+of 16 frames from each 30-frame video). They are split across DDP ranks and
 then workers by whole shards when there are enough shards, otherwise by sample index, so every
 sample is seen exactly once per epoch and nothing is duplicated or dropped (the last batch of a
 worker can be short, and ranks may differ by a batch).
@@ -54,7 +56,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from magvit_pl.data import synthetic
 from magvit_pl.data.shards import (FORMAT_VERSION, SampleError, ShardError, check_shard_name, class_name_problem,
-                                   decode_sample, read_shard)
+                                   decode_sample, read_shard, sample_meta)
 from magvit_pl.data.video import VideoReadError, center_crop, random_crop, resize_short_side
 from magvit_pl.errors import MissingFileError, UserError
 
@@ -187,7 +189,7 @@ class ShardClips(IterableDataset):
     def __init__(self, shards: list[str], counts: list[int], num_frames: int, resolution: int, frame_stride: int = 1,
                  train: bool = False, seed: int = 0, shuffle_buffer: int = 256, samples_per_epoch: int = 512,
                  batch_size: int = 1, num_workers: int = 0, random_crop: bool = True, random_flip: bool = True,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, eval_clips: int = 1):
         super().__init__()
         if not shards:
             raise UserError("no shards to read")
@@ -197,6 +199,7 @@ class ShardClips(IterableDataset):
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.samples_per_epoch, self.batch_size, self.num_workers = samples_per_epoch, batch_size, num_workers
         self.random_crop, self.random_flip = random_crop, random_flip
+        self.eval_clips = eval_clips  # clips per video in evaluation (evenly spaced; 1 = the centred clip)
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (resume); train only
         self.rank, self.world_size = 0, 1
@@ -222,13 +225,13 @@ class ShardClips(IterableDataset):
         return math.ceil(self.samples_per_epoch / parts) * self.batch_size
 
     def eval_counts(self) -> list[int]:
-        """How many samples each worker of this rank yields in an eval pass."""
+        """How many clips each worker of this rank yields in an eval pass."""
         n_w, parts = self._workers(), self.world_size * self._workers()
         if len(self.shards) >= parts:
             mine = self.counts[self.rank :: self.world_size]
-            return [sum(mine[w::n_w]) for w in range(n_w)]
+            return [sum(mine[w::n_w]) * self.eval_clips for w in range(n_w)]
         total = sum(self.counts)
-        return [len(range(self.rank * n_w + w, total, parts)) for w in range(n_w)]
+        return [len(range(self.rank * n_w + w, total, parts)) * self.eval_clips for w in range(n_w)]
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch, counted so that ``len(DataLoader)`` is the exact
@@ -303,16 +306,27 @@ class ShardClips(IterableDataset):
             mine = islice(raw, self.rank * n_w + worker, None, parts)
         for sample in mine:
             try:
-                clip = self._clip(sample, None)
+                clips = [self._clip(sample, None, start) for start in self._eval_starts(sample)]
             except DataWaitTerminated:
                 raise
             except (ValueError, UserError) as e:  # evaluation must see every sample: stop with the reason
                 raise UserError(_sample_problem(sample, e)) from None
-            yield clip
+            yield from clips
 
-    def _clip(self, sample: dict, rng: np.random.Generator | None) -> dict:
-        """Decode a raw sample to a model-ready clip (random when ``rng`` is given, centred if not)."""
-        d = decode_sample(sample, self.num_frames, self.frame_stride, None, rng, num_classes=self.num_classes)
+    def _eval_starts(self, sample: dict) -> list[int | None]:
+        """Clip starts of an evaluated video: [None] (centred) for one clip, else ``eval_clips`` starts evenly
+        spaced from 0 to the last possible one (truncated to ints, as DMVR's linspace sampling)."""
+        if self.eval_clips == 1:
+            return [None]
+        frames = sample_meta(sample, self.num_classes)["frames"]
+        last = frames - (self.num_frames - 1) * self.frame_stride - 1
+        if last < 0:
+            raise ValueError(f"too short: {frames} frames < {(self.num_frames - 1) * self.frame_stride + 1}")
+        return [int(v) for v in np.linspace(0, last, self.eval_clips)]
+
+    def _clip(self, sample: dict, rng: np.random.Generator | None, start: int | None = None) -> dict:
+        """Decode a raw sample to a model-ready clip (random when ``rng`` is given, from ``start`` or centred if not)."""
+        d = decode_sample(sample, self.num_frames, self.frame_stride, start, rng, num_classes=self.num_classes)
         frames = d["frames"]  # (T, H, W, 3) uint8
         if min(frames.shape[1:3]) != self.resolution:
             frames = resize_short_side(frames, self.resolution)
@@ -322,7 +336,8 @@ class ShardClips(IterableDataset):
             frames = center_crop(frames, self.resolution)
         if rng is not None and self.random_flip and rng.uniform() < 0.5:
             frames = frames[:, :, ::-1]
-        return {"video": frames_to_tensor(frames), "label": d["label"], "key": d["key"]}
+        key = d["key"] if start is None or self.eval_clips == 1 else f"{d['key']}@{start}"
+        return {"video": frames_to_tensor(frames), "label": d["label"], "key": key}
 
 
 _HINT = "lower --data.num_frames / --data.frame_stride or prepare again with a larger --min_frames"
@@ -480,7 +495,9 @@ class VideoDataModule(L.LightningDataModule):
         seed: Seed of every training random choice, combined with epoch, rank and worker.
         train_split: Split name used for training.
         val_split: Split used for validation (e.g. 'test' for UCF-101, which has no val split).
-        test_split: Split used for testing.
+        test_split: Split used for testing (UCF-101 class generation is evaluated on ``train``, as the paper).
+        eval_clips_per_video: Clips taken from each video in validation and test, evenly spaced (1: the
+            centred clip; BAIR's official protocol: 15 clips of 16 frames from each 30-frame video).
         pin_memory: Pin batches in page-locked memory (for GPU training).
     """
 
@@ -502,10 +519,12 @@ class VideoDataModule(L.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         pin_memory: bool = False,
+        eval_clips_per_video: int = 1,
     ):
         super().__init__()
         for name, value in (("num_frames", num_frames), ("resolution", resolution), ("frame_stride", frame_stride),
-                            ("batch_size", batch_size), ("train_samples_per_epoch", train_samples_per_epoch)):
+                            ("batch_size", batch_size), ("train_samples_per_epoch", train_samples_per_epoch),
+                            ("eval_clips_per_video", eval_clips_per_video)):
             if value < 1:
                 raise UserError(f"--data.{name} must be >= 1, got {value}")
         self.save_hyperparameters()
@@ -517,6 +536,7 @@ class VideoDataModule(L.LightningDataModule):
         self.random_crop, self.random_flip, self.seed = random_crop, random_flip, seed
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.pin_memory = pin_memory
+        self.eval_clips_per_video = eval_clips_per_video
         self._manifest: dict | None = None
 
     # -- where the data is ------------------------------------------------------------------------
@@ -592,7 +612,8 @@ class VideoDataModule(L.LightningDataModule):
                           seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                           samples_per_epoch=self.train_samples_per_epoch,
                           batch_size=self.batch_size if train else self.eval_batch_size,
-                          num_workers=self.num_workers, random_crop=self.random_crop, random_flip=self.random_flip)
+                          num_workers=self.num_workers, random_crop=self.random_crop, random_flip=self.random_flip,
+                          eval_clips=1 if train else self.eval_clips_per_video)
 
     def _loader(self, dataset: ShardClips) -> DataLoader:
         # its own generator: starting the loader must not draw from the global torch RNG (exact resume)

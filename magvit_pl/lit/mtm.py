@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
 import warnings
 from typing import Any
 
@@ -19,10 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from magvit_pl.checks import check_args
 from magvit_pl.checkpoint import check_init_kwargs, load_tokenizer, load_weights, read_model_checkpoint
-from magvit_pl.commit import CommitConfig, Vocab
+from magvit_pl.commit import CommitConfig, TaskSchedule, Vocab
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir
-from magvit_pl.lit.evaluation import TaskEvaluator, eval_task_names
+from magvit_pl.lit.evaluation import EvalConfig, TaskEvaluator, eval_task_names, make_plan, sample_seed
 from magvit_pl.lit.mtm_batch import Sample, clip_tokens, commit_step, sample, tokenize
 from magvit_pl.lit.report import write_results
 from magvit_pl.lit.mtm_options import FLAT_LAYOUT, OptimConfig, TaskConfig, constructor_args, is_flat_layout, with_defaults
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 # what each numeric hyper-parameter of MTMModule may be (checked by magvit_pl.checks.check_args on self.hparams)
 # one-line checks of the numeric options (magvit_pl.checks), per option group ("" = the module's own arguments)
 ARG_RULES: dict[str, dict[str, str]] = {
-    "": {"num_classes": ">= 1", "num_frames": ">= 1", "resolution": ">= 1", "num_media_clips": ">= 0", "media_fps": ">= 1",
+    "": {"num_classes": ">= 0", "num_frames": ">= 1", "resolution": ">= 1", "num_media_clips": ">= 0", "media_fps": ">= 1",
          "max_consecutive_nonfinite": ">= 1", "token_cache_clips": ">= 0"},
     "tasks": {"num_cond_frames": ">= 0"},
     "transformer": {"hidden_dim": ">= 1", "num_layers": ">= 1", "num_heads": ">= 1", "mlp_dim": ">= 1", "dropout": "[0, 1)",
@@ -48,6 +47,7 @@ ARG_RULES: dict[str, dict[str, str]] = {
     "commit": {"loss_weights": ">= 0", "label_smoothing": "[0, 1)", "class_dropout_prob": "[0, 1]"},
     "sampling": {"steps": ">= 1", "choice_temperature": ">= 0", "temperature": ">= 0", "top_k": ">= 1", "guidance_scale": ">= 0"},
     "optim": {"lr": "> 0", "betas": "[0, 1)", "weight_decay": ">= 0", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]"},
+    "evaluation": {"num_samples": ">= 1", "num_repeats": ">= 1"},
 }
 # The data module keeps Lightning's default hook; the model's (token-cache hashing) is the one meant to run.
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
@@ -58,7 +58,8 @@ class MTMModule(LightningModule):
 
     Args:
         tokenizer_ckpt: Stage-1 checkpoint (``runs/tokenizer/latest/checkpoints/last.ckpt``); its EMA tokenizer is frozen.
-        num_classes: Number of class labels in the data (class tokens; the data module must agree).
+        num_classes: Number of class labels in the data (class tokens; the data module must agree); 0 for
+            data without classes (BAIR), which then trains no class-conditional task.
         num_frames: Frames per clip (must match the data module).
         resolution: Clip height and width (must match the data module).
         tasks: Tasks to train on and the run-wide task options.
@@ -66,6 +67,7 @@ class MTMModule(LightningModule):
         commit: COMMIT training: conditioning mode, mask schedule, loss weights, class dropout.
         sampling: Decoding of samples (validation grids, ``test``, ``generate``).
         optim: AdamW and its warmup-cosine schedule.
+        evaluation: The sampling protocol of ``test`` (samples per repeat, repeats).
         activation_checkpointing: Recompute transformer blocks in backward to save memory (applied
             from outside the transformer, in ``configure_model``).
         eval_task: Task name or family evaluated by ``test`` (``None`` = every trained task; set by ``--task``).
@@ -91,6 +93,7 @@ class MTMModule(LightningModule):
         commit: CommitConfig | None = CommitConfig(),
         sampling: SamplingConfig | None = SamplingConfig(),
         optim: OptimConfig | None = OptimConfig(),
+        evaluation: EvalConfig | None = EvalConfig(),
         activation_checkpointing: bool = False,
         eval_task: str | None = None,
         num_media_clips: int = 4,
@@ -101,14 +104,17 @@ class MTMModule(LightningModule):
         tokenizer: torch.nn.Module | None = None,
     ):
         super().__init__()
-        g = with_defaults(tasks=tasks, transformer=transformer, commit=commit, sampling=sampling, optim=optim)
+        g = with_defaults(tasks=tasks, transformer=transformer, commit=commit, sampling=sampling, optim=optim, evaluation=evaluation)
         check_args("model", locals(), ARG_RULES[""])
         for group, rules in ARG_RULES.items():
             if group:
                 check_args(f"model.{group}", dataclasses.asdict(g[group]), rules)
         self.task_config, self.transformer_config, self.commit_config = g["tasks"], g["transformer"], g["commit"]
-        self.sampling_config, self.optim_config = g["sampling"], g["optim"]
+        self.sampling_config, self.optim_config, self.eval_config = g["sampling"], g["optim"], g["evaluation"]
         self.task_names = list(self.task_config.names or sorted(discover_tasks()))
+        self._tasks: dict[str, Task] = {}
+        self.task_config.check_classes(num_classes, {n: self.task(n).uses_class for n in self.task_names})
+        self.schedule = TaskSchedule(self.task_names, self.task_config.weight_list(self.task_names), self.task_config.schedule, seed)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.hparams.update({name: dataclasses.asdict(value) for name, value in g.items()})  # plain data in checkpoints
         self.hparams["tasks"]["names"] = list(self.task_names)  # explicit: a new plugin never shifts the vocabulary
@@ -120,9 +126,8 @@ class MTMModule(LightningModule):
         self.token_cache = TokenCache(token_cache_clips) if token_cache_clips else None
         self.evaluator: TaskEvaluator | None = None
         self._fvd_stats: dict[str, Any] | None = None  # the test set's cached real FVD statistics (file, reused)
-        self._tasks: dict[str, Task] = {}
-        self._cycle: list[str] = []
-        self._cycle_rng = random.Random(seed)
+        self._plan = None  # the test's SamplePlan
+        self._clips_seen = 0
         self._val_acc: dict[str, list[torch.Tensor]] = {}
         self._val_batch: dict[str, torch.Tensor] | None = None
 
@@ -142,11 +147,17 @@ class MTMModule(LightningModule):
             self.tokenizer = load_tokenizer(hp.tokenizer_ckpt)
         k = self.tokenizer.codebook_size
         self.grid = self.tokenizer.token_grid(hp.num_frames, hp.resolution, hp.resolution)
-        self.vocab = Vocab(codebook_size=k, num_classes=hp.num_classes, task_names=tuple(self.task_names))
+        self.vocab = self.task_config.vocab(k, hp.num_classes, {n: self.task(n).family for n in self.task_names})
         seq_len = self.vocab.prefix_len + math.prod(self.grid)
         self.transformer = BidirectionalTransformer(self.vocab.size, seq_len, self.transformer_config, codebook_size=k)
         if hp.activation_checkpointing:
             apply_activation_checkpointing(self.transformer)
+
+    @property
+    def uncond_task(self) -> str | None:
+        """The task whose token the unconditional guidance pass sees: the generation task when the model learned
+        one (the official full-generation token), else None (each task's own)."""
+        return next((n for n in self.task_names if self.task(n).family == "generation"), None) if self.vocab.task_token else None
 
     def task(self, name: str) -> Task:
         if name not in self._tasks:
@@ -175,13 +186,6 @@ class MTMModule(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -------------------------------------------------------------------------------------- training
-    def _next_task(self) -> str:
-        """Cycle through a shuffled task list (reshuffled each cycle), one task per batch."""
-        if not self._cycle:
-            self._cycle = list(self.task_names)
-            self._cycle_rng.shuffle(self._cycle)
-        return self._cycle.pop()
-
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.token_cache is not None and isinstance(batch, dict) and torch.is_tensor(batch.get("video")):
             batch["clip_hash"] = clip_hashes(batch["video"])  # hashed on the host, before the copy to the device
@@ -192,7 +196,7 @@ class MTMModule(LightningModule):
         return clip_tokens(self.tokenizer, batch["video"], self.token_cache, batch.get("clip_hash"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
-        task = self.task(self._next_task())
+        task = self.task(self.schedule.task_at(self.global_step))  # one task per batch (tasks.schedule)
         inputs = tokenize(self.tokenizer, self.vocab, task, batch["video"], batch.get("label"), z=self.clip_tokens(batch))
         loss, parts, acc = commit_step(self.transformer, inputs, self.vocab, self.commit_config, drop_classes=task.uses_class)
         if not self.guard.check(self.global_step, {"loss": loss}):
@@ -237,44 +241,62 @@ class MTMModule(LightningModule):
     # ------------------------------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
         names = eval_task_names(self.hparams.eval_task, self.task_names)
-        self.evaluator = TaskEvaluator({n: self.task(n) for n in names}, self.hparams.num_frames, self.device)
-        self._fvd_stats = self.evaluator.attach_real_stats(self.trainer)
+        ev = self.eval_config
+        self.evaluator = TaskEvaluator({n: self.task(n) for n in names}, self.hparams.num_frames, self.device, ev.num_repeats)
+        self._plan = make_plan(ev, self.trainer)
+        self._clips_seen = 0
+        # the real statistics of the whole test set are every repeat's only when each repeat is the test set once
+        self._fvd_stats = self.evaluator.attach_real_stats(self.trainer) if ev.num_samples is None else None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        z = self.clip_tokens(batch)  # shared by every task
+        video = batch["video"]
+        groups = self._plan.groups(self._clips_seen, video.shape[0])  # [(pass, clips sampled, [(lo, hi, repeat)])]
+        self._clips_seen += video.shape[0]
+        self.evaluator.begin_batch(video)
         for name in self.evaluator.names:
-            out = self.generate(batch, name, seed=self.hparams.seed + batch_idx, z=z)
-            self.evaluator.update(name, out, batch["video"])
-            if batch_idx == 0 and self.trainer.is_global_zero:
-                self._save_grid(f"test_{name}", out, batch["video"])
+            inputs = tokenize(self.tokenizer, self.vocab, self.task(name), video, batch.get("label"), need_z=False)
+            for p, k, spans in groups:
+                out = self._sample(inputs.head(k), sample_seed(self.hparams.seed, batch_idx, p))
+                for lo, hi, repeat in spans:
+                    self.evaluator.update(name, out, repeat, (lo, hi))
+                if batch_idx == 0 and p == 0 and self.trainer.is_global_zero:
+                    self._save_grid(f"test_{name}", out, video)
 
     def on_test_epoch_end(self) -> None:
         hp = self.hparams
-        results = self.evaluator.compute()
+        results, per_repeat = self.evaluator.compute()
         for name, values in results.items():
             for k, v in values.items():
                 self.log(f"test/{name}/{k}", v, sync_dist=False)
+        counts = self.evaluator.count_table(self._clips_seen).to(self.device)  # (tasks + 1, repeats)
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
         if self.trainer.is_global_zero:
             self.evaluator.save_real_stats(self._fvd_stats)
             stats = {k: v for k, v in (self._fvd_stats or {}).items() if k != "manifest_sha256"} or None
             protocol = {"sample_steps": self.sampling_config.steps, "seed": hp.seed, "num_frames": hp.num_frames,
-                        "resolution": hp.resolution, "tokenizer_ckpt": hp.tokenizer_ckpt, "fvd_real_stats": stats}
+                        "resolution": hp.resolution, "tokenizer_ckpt": hp.tokenizer_ckpt, "fvd_real_stats": stats,
+                        "guidance_scale": self.sampling_config.guidance_scale,
+                        "evaluation": self.evaluator.protocol(self.eval_config, getattr(self.trainer, "datamodule", None), counts, per_repeat)}
             write_results(results, hp.eval_task or "all", media_dir(self.trainer).parent, protocol=protocol)
         self.evaluator = None
 
     # ------------------------------------------------------------------------------------ generation
+    def _sample(self, inputs, seed: int, steps: int | None = None) -> Sample:
+        gen = torch.Generator(device=inputs.z_cond.device).manual_seed(seed)
+        return sample(self.transformer, self.tokenizer, inputs, self.vocab, self.grid, self.commit_config,
+                      self.sampling_config, gen, steps, uncond_task=self.uncond_task)
+
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], task_name: str, seed: int = 0, steps: int | None = None,
                  z: torch.Tensor | None = None) -> Sample:
         """Sample clips for ``task_name`` conditioned on ``batch`` (``video`` and, if used, ``label``).
 
-        ``steps`` overrides ``sampling.steps``; ``z`` (the clips' tokens) may be passed in when known.
+        ``steps`` overrides ``sampling.steps``. Only the task's condition video is encoded (sampling needs no
+        tokens of the clip itself); ``z`` (the clips' tokens), when passed, is kept in the result's inputs.
         """
-        video = batch["video"]
-        inputs = tokenize(self.tokenizer, self.vocab, self.task(task_name), video, batch.get("label"), z=z)
-        gen = torch.Generator(device=video.device).manual_seed(seed)
-        return sample(self.transformer, self.tokenizer, inputs, self.vocab, self.grid, self.commit_config,
-                      self.sampling_config, gen, steps)
+        inputs = tokenize(self.tokenizer, self.vocab, self.task(task_name), batch["video"], batch.get("label"), z=z, need_z=False)
+        return self._sample(inputs, seed, steps)
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "MTMModule":
@@ -292,14 +314,13 @@ class MTMModule(LightningModule):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        version, internal, gauss = self._cycle_rng.getstate()
         checkpoint["magvit"] = {
             "kind": "mtm",
             "vocab": self.vocab.to_dict(),
-            "task_table": {name: self.vocab.task_id(name) for name in self.task_names},
+            "task_table": {name: self.vocab.task_id(name) for name in self.task_names} if self.vocab.task_token else {},
             "token_grid": list(self.grid),
             "tokenizer_config": self.tokenizer.init_config,
-            "cycle": {"remaining": list(self._cycle), "rng": [version, list(internal), gauss]},
+            "cycle": self.schedule.state(),
             "nonfinite_steps": self.guard.total,
         }
 
@@ -310,12 +331,13 @@ class MTMModule(LightningModule):
         saved = meta.get("vocab", {})
         if saved and saved.get("codebook_size") != self.vocab.codebook_size:
             raise UserError(f"tokenizer codebook size {self.vocab.codebook_size} does not match the MTM checkpoint's {saved.get('codebook_size')}")
+        if saved and Vocab.from_dict(saved).task_token != self.vocab.task_token:
+            has = Vocab.from_dict(saved).task_token
+            raise UserError(f"the MTM checkpoint's sequences {'have' if has else 'have no'} task token but this model's "
+                            f"{'do not' if has else 'do'}; set --model.tasks.task_token {'always' if has else 'never'}")
         grid = meta.get("token_grid")
         if grid and tuple(grid) != tuple(self.grid):
             raise UserError(f"tokenizer token grid {tuple(self.grid)} does not match the MTM checkpoint's {tuple(grid)}")
-        cycle = meta.get("cycle", {})
-        self._cycle = list(cycle.get("remaining", []))
-        if cycle.get("rng"):
-            version, state, gauss = cycle["rng"]
-            self._cycle_rng.setstate((version, tuple(state), gauss))
+        self.schedule.load_state(meta.get("cycle", {}))
         self.guard.total = int(meta.get("nonfinite_steps", 0))
+

@@ -2,7 +2,8 @@
 sampled clips. :class:`~magvit_pl.lit.mtm.MTMModule` calls these with its networks and options.
 
 Shapes: clips ``(B, C, T, H, W)`` in [-1, 1]; tokens ``(B, N)`` flattened row-major over the token
-grid ``(t, h, w)``; prefix ``(B, 2)`` = ``[task token][class token or UNCOND]``.
+grid ``(t, h, w)``; prefix ``(B, P)`` = ``[task token][class token or UNCOND]`` (P = 2), or
+``[class token or UNCOND]`` (P = 1) for a single-task model without task tokens.
 """
 from __future__ import annotations
 
@@ -23,18 +24,26 @@ class TokenizedBatch:
     """What COMMIT needs of one batch for one task.
 
     Attributes:
-        z: ``(B, N)`` tokens of the clip (the targets).
+        z: ``(B, N)`` tokens of the clip (the targets); None when only sampling (it needs no ground truth).
         z_cond: ``(B, N)`` tokens of the condition video Ṽ (zeros when the task gives no pixel).
         cond_mask: ``(B, N)`` bool, True at the condition tokens (their z̃ is used).
-        prefix: ``(B, 2)`` task and class (or UNCOND) tokens.
+        prefix: ``(B, P)`` task and class (or UNCOND) tokens.
         condition: the task's condition: Ṽ ``(B, C, T, H, W)`` and its pixel mask ``(B, 1, T, H, W)``.
     """
 
-    z: Tensor
+    z: Tensor | None
     z_cond: Tensor
     cond_mask: Tensor
     prefix: Tensor
     condition: Condition
+
+    def head(self, k: int) -> "TokenizedBatch":
+        """The first ``k`` clips (itself when it has no more)."""
+        if k >= self.z_cond.shape[0]:
+            return self
+        cond = Condition(video=self.condition.video[:k], pixel_mask=self.condition.pixel_mask[:k])
+        return TokenizedBatch(z=None if self.z is None else self.z[:k], z_cond=self.z_cond[:k], cond_mask=self.cond_mask[:k],
+                              prefix=self.prefix[:k], condition=cond)
 
 
 @dataclass
@@ -58,17 +67,23 @@ def clip_tokens(tokenizer: nn.Module, video: Tensor, cache: TokenCache | None = 
 
 @torch.no_grad()
 def tokenize(tokenizer: nn.Module, vocab: Vocab, task: Task, video: Tensor, labels: Tensor | None = None,
-             z: Tensor | None = None) -> TokenizedBatch:
+             z: Tensor | None = None, need_z: bool = True) -> TokenizedBatch:
     """z, z̃, the latent condition mask and the prefix of ``task`` on ``video`` with the frozen ``tokenizer``.
 
     ``labels`` (B,) are used only by class-conditional tasks. ``z`` (the clip's tokens) may be passed in
-    when several tasks share one batch: it does not depend on the task.
+    when several tasks share one batch: it does not depend on the task. ``need_z=False`` (sampling) leaves
+    ``z`` as given, None by default: the clip itself is not encoded, only its condition video Ṽ, and that
+    only when the task gives pixels.
     """
     b = video.shape[0]
     cond = task.build_condition(video)
-    z = tokenizer.encode(video).reshape(b, -1) if z is None else z
+    if z is None and need_z:
+        z = tokenizer.encode(video).reshape(b, -1)
     cond_mask = task.latent_mask(cond.pixel_mask, tokenizer.downsample_factors).reshape(b, -1)
-    z_cond = tokenizer.encode(cond.video).reshape(b, -1) if cond.pixel_mask.any() else torch.zeros_like(z)
+    if cond.pixel_mask.any():
+        z_cond = tokenizer.encode(cond.video).reshape(b, -1)
+    else:
+        z_cond = torch.zeros(cond_mask.shape, dtype=torch.long, device=video.device)
     prefix = commit.build_prefix(vocab, task.name, b, labels=labels if task.uses_class else None, device=video.device)
     return TokenizedBatch(z=z, z_cond=z_cond, cond_mask=cond_mask, prefix=prefix, condition=cond)
 
@@ -94,15 +109,21 @@ def commit_step(transformer: nn.Module, inputs: TokenizedBatch, vocab: Vocab, co
 
 @torch.no_grad()
 def sample(transformer: nn.Module, tokenizer: nn.Module, inputs: TokenizedBatch, vocab: Vocab, grid: tuple[int, int, int],
-           commit_config: CommitConfig, config: SamplingConfig, generator: torch.Generator, steps: int | None = None) -> Sample:
-    """COMMIT-decode tokens for ``inputs`` (``steps`` overrides ``config.steps``) and decode them to clips."""
+           commit_config: CommitConfig, config: SamplingConfig, generator: torch.Generator, steps: int | None = None,
+           uncond_task: str | None = None) -> Sample:
+    """COMMIT-decode tokens for ``inputs`` (``steps`` overrides ``config.steps``) and decode them to clips.
+
+    With classifier-free guidance the unconditional pass sees UNCOND as class and, when ``uncond_task`` is
+    given, that task's token (the official code: full generation, when the model learned it).
+    """
     was_training = transformer.training
     transformer.eval()
+    uncond = commit.uncond_prefix(inputs.prefix, vocab, uncond_task) if config.guidance_scale else None
     tokens = sampling.decode(
         transformer, inputs.z_cond, inputs.cond_mask, inputs.prefix, vocab, steps=steps or config.steps,
         schedule=commit_config.mask_schedule, choice_temperature=config.choice_temperature,
         temperature=config.temperature, top_k=config.top_k, guidance_scale=config.guidance_scale,
-        generator=generator, mode=commit_config.mode,
+        generator=generator, mode=commit_config.mode, uncond_prefix=uncond,
     )
     transformer.train(was_training)
     video = tokenizer.decode(tokens.reshape(-1, *grid)).clamp(-1, 1)  # (B, C, T, H, W)

@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from magvit_pl.checkpoint import load_checkpoint
 from magvit_pl.ckpt_io import save_atomically
-from magvit_pl.commit import CommitConfig
+from magvit_pl.commit import CommitConfig, TaskScheduleKind, Vocab, official_token_keys
 from magvit_pl.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.transformer import TransformerConfig
+from magvit_pl.schedules import LRSchedule
+from magvit_pl.lit.evaluation import EvalConfig
 from magvit_pl.sampling import SamplingConfig
 from magvit_pl.tasks import LatentRule
+
+TaskTokenLayout = Literal["auto", "always", "never"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +35,9 @@ class OptimConfig:
         betas: AdamW betas.
         weight_decay: Weight decay on weight matrices only (not embeddings, LayerNorms or biases).
         warmup_steps: Linear warmup steps before the cosine decay.
-        min_lr_ratio: Final learning rate as a fraction of the peak.
+        min_lr_ratio: Final learning rate as a fraction of the peak (``warmup_cosine`` only).
+        lr_schedule: ``warmup_cosine`` (linear warmup, cosine to ``min_lr_ratio`` over the remaining steps) or
+            ``official`` (scenic's form: rate 0 at step 0, cosine over all the run's steps).
     """
 
     lr: float = 1e-4
@@ -39,6 +45,7 @@ class OptimConfig:
     weight_decay: float = 0.045
     warmup_steps: int = 5000
     min_lr_ratio: float = 0.0
+    lr_schedule: LRSchedule = "warmup_cosine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +59,49 @@ class TaskConfig:
             the tasks whose constructor declares it.
         latent_rule: Latent condition mask rule: ``task`` (official), ``any`` or ``all``; reaches only
             the tasks whose constructor declares it.
+        task_token: Whether sequences start with a task token: ``auto`` (official: only when there is more
+            than one task, so a single-task model sees ``[class] + N``), ``always`` or ``never``.
+        shared_task_tokens: Give all outpainting and inpainting tasks one task token, as the official code
+            does (task_registry.py:191-194); off: every task its own token.
+        weights: Relative sampling weight per task name (tasks not listed: 1); None = equal weights.
+        schedule: Which task each step trains: ``cycle`` (a shuffled list in proportion to the weights,
+            reshuffled every pass) or ``official`` (that list permuted once with the seed and indexed by
+            the step, as the official trainer).
     """
 
     names: list[str] | None = None
     num_cond_frames: int = 1
     latent_rule: LatentRule = "task"
+    task_token: TaskTokenLayout = "auto"
+    shared_task_tokens: bool = False
+    weights: dict[str, float] | None = None
+    schedule: TaskScheduleKind = "cycle"
+
+    def vocab(self, codebook_size: int, num_classes: int, families: dict[str, str]) -> Vocab:
+        """The vocabulary of the tasks ``families`` (name → family, in order): a task token unless ``task_token``
+        says otherwise (``auto``: only with several tasks, as the official code), one for all out/inpainting
+        tasks with ``shared_task_tokens``."""
+        names = tuple(families)
+        task_token = len(names) > 1 if self.task_token == "auto" else self.task_token == "always"
+        keys = official_token_keys(names, list(families.values())) if self.shared_task_tokens and task_token else None
+        return Vocab(codebook_size=codebook_size, num_classes=num_classes, task_names=names, task_token=task_token, token_keys=keys)
+
+    def weight_list(self, names: list[str]) -> list[float]:
+        """The sampling weight of each of ``names`` (1 unless ``weights`` says otherwise); a weight for another
+        task is a one-line error."""
+        weights = dict(self.weights or {})
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise UserError(f"model.tasks.weights names {', '.join(unknown)}, not among the trained tasks: {', '.join(names)}")
+        return [float(weights.get(n, 1.0)) for n in names]
+
+    @staticmethod
+    def check_classes(num_classes: int, uses_class: dict[str, bool]) -> None:
+        """Data without classes (``num_classes`` 0, e.g. BAIR) trains no class-conditional task."""
+        conditional = [n for n, uses in uses_class.items() if uses]
+        if num_classes == 0 and conditional:
+            raise UserError(f"model.num_classes=0 (data without classes) but {', '.join(conditional)} "
+                            f"{'is' if len(conditional) == 1 else 'are'} class-conditional; leave them out of model.tasks.names")
 
     def shared_options(self) -> dict[str, Any]:
         """The options passed to each task that declares them (see :func:`magvit_pl.tasks.get_task`)."""
@@ -65,7 +110,7 @@ class TaskConfig:
 
 GROUPS: dict[str, type] = {
     "transformer": TransformerConfig, "commit": CommitConfig, "sampling": SamplingConfig,
-    "optim": OptimConfig, "tasks": TaskConfig,
+    "optim": OptimConfig, "tasks": TaskConfig, "evaluation": EvalConfig,
 }
 
 # Checkpoints written before the options were grouped saved them flat: old name -> (group, field).
@@ -139,6 +184,8 @@ def constructor_args(hparams: dict[str, Any]) -> dict[str, Any]:
             unknown = sorted(set(value) - known)
             if unknown:
                 raise UserError(f"checkpoint hyper-parameter model.{name} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            if name == "tasks" and "task_token" not in value:  # saved before the option: every sequence had a task token
+                value = {**value, "task_token": "always"}
             args[name] = cls(**{k: tuple(v) if isinstance(v, list) and k != "names" else v for k, v in value.items()})
     return args
 

@@ -24,7 +24,8 @@ ROWS = ("tokenizer", "baseline")
 
 
 class ReconstructionTest:
-    """Test hooks; expect ``self.ema_tokenizer`` and ``self.hparams.num_media_clips`` / ``media_fps``."""
+    """Test hooks; expect ``self.ema_tokenizer``, ``self.ema_reconstruct(video) -> (recon, quantizer output)``
+    and ``self.hparams.num_media_clips`` / ``media_fps``."""
 
     def on_test_epoch_start(self) -> None:
         from magvit_pl.metrics.i3d import MIN_FRAMES
@@ -41,7 +42,7 @@ class ReconstructionTest:
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["video"]
-        recon, q = self.ema_tokenizer(video)
+        recon, q = self.ema_reconstruct(video)
         recon = recon.clamp(-1, 1)
         base = pooled_baseline(video, self.ema_tokenizer.downsample_factors)
         self._test_metrics["tokenizer"].update(recon, video)

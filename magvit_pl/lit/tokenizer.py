@@ -5,6 +5,12 @@ optimisation updates the generator (tokenizer) and the discriminator once each p
 the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.checkpoint.load_tokenizer`).
 ``trainer.global_step`` counts generator updates (the discriminator step does not advance it).
 ``test`` reports reconstruction metrics next to the pooled baseline (:mod:`magvit_pl.lit.reconstruction`).
+
+Pixels are in [-1, 1]; the L2 and R1 terms are computed in the official [0, 1] units by default
+(``unit_range_losses``, see :mod:`magvit_pl.losses`), so the official weights give the official balance.
+The two-stage recipe of the paper: train a per-frame 2D tokenizer (``per_frame``, 1×3×3 kernels), then
+``init_from`` its checkpoint to inflate generator, EMA and discriminator into the 3D run
+(``configs/paper/tokenizer_2d.yaml``, docs/paper_fidelity.md).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from magvit_pl.lit.reconstruction import ReconstructionTest
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
 from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
-from magvit_pl.schedules import total_training_steps, warmup_cosine
+from magvit_pl.schedules import LR_SCHEDULES, LRSchedule, lr_multiplier, total_training_steps
 
 log = logging.getLogger(__name__)
 # what each numeric argument of TokenizerModule may be (magvit_pl.checks)
@@ -52,6 +58,9 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         warmup_steps: Linear warmup steps before the cosine decay.
         min_lr_ratio: Final learning rate as a fraction of the peak.
         recon_weight: Weight of the L2 reconstruction loss.
+        unit_range_losses: Compute the L2 reconstruction loss and the R1 penalty in [0, 1] pixel units, the
+            official ones (L2 / 4 and R1 × 4 relative to the model's [-1, 1] pixels), so the official weights
+            give the official balance; False computes them on the [-1, 1] pixels.
         perceptual_weight: Weight of the perceptual loss.
         gan_weight: Weight of the generator's non-saturating GAN loss.
         disc_start_step: Generator step at which the discriminator and GAN loss switch on.
@@ -59,11 +68,26 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         r1_every: Apply R1 every N discriminator steps (lazy regularisation, scaled by N).
         lecam_weight: Weight of the LeCam regulariser (0 disables).
         lecam_decay: EMA decay of the LeCam anchors.
+        lecam_mode: ``batch_mean``: LeCam on the batch-mean logits, as the official trainer; ``per_sample``:
+            on each sample's logit, as the LeCam authors' code.
         ema_decay: Decay of the generator EMA (the EMA weights are the tokenizer stage 2 uses).
-        ema_warmup: Ramp the EMA decay as min(decay, (1+step)/(10+step)) so short runs are not dominated by init.
-        init_from: Checkpoint or state dict of a (2D or 3D) tokenizer to initialise from (inflated if 2D).
+        ema_warmup: Ramp the EMA decay as min(decay, (1+step)/(10+step)) so short runs are not dominated by
+            init; off = constant ``ema_decay`` from the first step, as the official code.
+        init_from: Checkpoint to initialise from at the start of ``fit`` (kernels of a 2D model are inflated).
+            A TokenizerModule checkpoint initialises the tokenizer from its tokenizer, the EMA from its EMA and
+            the discriminator from its discriminator (see ``init_discriminator``), as the official code; a plain
+            tokenizer state dict initialises tokenizer and EMA.
         inflation: How 2D kernels become 3D: ``central`` (zero except the temporal centre) or ``average``.
-        init_prefix: Key prefix of the tokenizer weights inside ``init_from`` (e.g. ``ema_tokenizer.``).
+        init_prefix: Read only the tokenizer weights under this key prefix of ``init_from`` (e.g.
+            ``ema_tokenizer.``) for tokenizer and EMA; the discriminator is then not initialised.
+        init_discriminator: Also initialise the discriminator from ``init_from``'s discriminator when it has one
+            (entries that cannot be inflated, e.g. a Dense layer of another size, keep their fresh values).
+        per_frame: Train and evaluate on single frames: clips (B, C, T, H, W) become (B·T, C, 1, H, W) (the 2D
+            stage; use a tokenizer and discriminator with ``temporal_kernel_size=1`` and ``num_frames=1``).
+        flax_init: Re-initialise the tokenizer's convs Flax-style (lecun-normal kernels, zero biases), as the
+            official code; default: PyTorch's own initialisation.
+        lr_schedule: ``warmup_cosine`` (linear warmup, cosine to ``min_lr_ratio`` over the remaining steps) or
+            ``official`` (scenic's form: rate 0 at step 0, cosine over all steps; ``min_lr_ratio`` unused).
         max_consecutive_nonfinite: Stop after this many consecutive steps with a NaN/inf loss.
         val_fvd: Reconstruction FVD at validation when the I3D weights are fetched and clips have ≥ 9
             frames (otherwise skipped with a one-time notice).
@@ -86,6 +110,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.0,
         recon_weight: float = 1.0,
+        unit_range_losses: bool = True,
         perceptual_weight: float = 0.1,
         gan_weight: float = 0.1,
         disc_start_step: int = 0,
@@ -93,11 +118,16 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         r1_every: int = 1,
         lecam_weight: float = 0.001,
         lecam_decay: float = 0.999,
+        lecam_mode: losses.LeCamMode = "batch_mean",
         ema_decay: float = 0.999,
-        ema_warmup: bool = True,
+        ema_warmup: bool = False,
         init_from: str | None = None,
         inflation: Literal["central", "average"] = "central",
         init_prefix: str = "",
+        init_discriminator: bool = True,
+        per_frame: bool = False,
+        flax_init: bool = False,
+        lr_schedule: LRSchedule = "warmup_cosine",
         max_consecutive_nonfinite: int = 5,
         val_fvd: bool = True,
         num_media_clips: int = 4,
@@ -106,15 +136,21 @@ class TokenizerModule(ReconstructionTest, LightningModule):
     ):
         super().__init__()
         check_args("model", locals(), ARG_RULES)
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"model.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["tokenizer", "discriminator", "perceptual"])
         self.automatic_optimization = False
+        if flax_init:
+            from magvit_pl.models.inflation import flax_style_init_
+
+            flax_style_init_(tokenizer)
         self.tokenizer = tokenizer
         self.ema_tokenizer = copy.deepcopy(tokenizer).requires_grad_(False).eval()
         self.discriminator = discriminator
         # PerceptualLoss keeps its frozen network out of the state dict (it is rebuilt from its weights file).
         use_perceptual = perceptual is not None and perceptual.backbone != "none" and perceptual_weight > 0
         self.perceptual = perceptual if use_perceptual else None
-        self.lecam = losses.LeCamEMA(decay=lecam_decay)
+        self.lecam = losses.LeCamEMA(decay=lecam_decay, mode=lecam_mode)
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
@@ -138,10 +174,18 @@ class TokenizerModule(ReconstructionTest, LightningModule):
 
             self.val_fvd = build_fvd()  # None (logged once, with the fetch command) without I3D weights
         if stage == "fit" and self.hparams.init_from and self.global_step == 0:
-            from magvit_pl.models.inflation import init_from_checkpoint
+            self.init_from_checkpoint(self.hparams.init_from)
 
-            init_from_checkpoint(self.tokenizer, self.hparams.init_from, inflation=self.hparams.inflation, prefix=self.hparams.init_prefix)
-            self.ema_tokenizer.load_state_dict(self.tokenizer.state_dict())
+    def init_from_checkpoint(self, path: str) -> list[str]:
+        """Initialise tokenizer, EMA and (``init_discriminator``) discriminator from ``path``, inflating 2D
+        kernels (see ``init_from``); returns the parts initialised."""
+        from magvit_pl.models.inflation import init_run_from_checkpoint
+
+        hp = self.hparams
+        disc = self.discriminator if hp.init_discriminator else None
+        done = init_run_from_checkpoint(path, self.tokenizer, self.ema_tokenizer, disc, hp.inflation, hp.init_prefix)
+        log.info("init_from %s (%s inflation): %s", path, hp.inflation, ", ".join(done))
+        return done
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -149,16 +193,34 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         opts = [torch.optim.Adam(self.tokenizer.parameters(), lr=hp.lr, betas=tuple(hp.betas))]
         if self.discriminator is not None:
             opts.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr, betas=tuple(hp.betas)))
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)) for o in opts]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_multiplier(hp.lr_schedule, s, hp.warmup_steps, total, hp.min_lr_ratio))
+                  for o in opts]
         return opts, scheds
 
     # -------------------------------------------------------------------------------------- training
     def _disc_active(self) -> bool:
         return self.discriminator is not None and self.global_step >= self.hparams.disc_start_step
 
+    def model_clips(self, video: torch.Tensor) -> torch.Tensor:
+        """The clips the networks see: ``video`` itself, or with ``per_frame`` each frame as a 1-frame clip
+        ``(B·T, C, 1, H, W)``."""
+        if not self.hparams.per_frame:
+            return video
+        b, c, t, h, w = video.shape
+        return video.transpose(1, 2).reshape(b * t, c, 1, h, w)
+
+    def ema_reconstruct(self, video: torch.Tensor):
+        """(reconstruction ``(B, C, T, H, W)``, quantizer output) of ``video`` by the EMA tokenizer (frame by
+        frame with ``per_frame``)."""
+        recon, q = self.ema_tokenizer(self.model_clips(video))
+        if self.hparams.per_frame:
+            b, c, t, h, w = video.shape
+            recon = recon.reshape(b, t, c, h, w).transpose(1, 2)
+        return recon, q
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp = self.hparams
-        video = batch["video"]
+        video = self.model_clips(batch["video"])
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = self.lr_schedulers()
@@ -168,7 +230,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         # ---- generator (tokenizer) step
         self.toggle_optimizer(opts[0])
         recon, q = self.tokenizer(video)
-        terms = {"recon": F.mse_loss(recon, video) * hp.recon_weight, "quantizer": q.loss}
+        terms = {"recon": losses.reconstruction_loss(recon, video, hp.unit_range_losses) * hp.recon_weight, "quantizer": q.loss}
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(video, recon) * hp.perceptual_weight
         if disc_on and hp.gan_weight > 0:
@@ -202,7 +264,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             fake_logits = self.discriminator(recon.detach())
             d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
             if apply_r1:
-                d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost) * hp.r1_every
+                d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost, unit_range=hp.unit_range_losses) * hp.r1_every
             if hp.lecam_weight > 0:
                 d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
             loss_d = sum(d_terms.values())
@@ -223,7 +285,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["video"]
-        recon, q = self.ema_tokenizer(video)
+        recon, q = self.ema_reconstruct(video)
         recon = recon.clamp(-1, 1)
         frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (B,C,T,H,W) -> (B*T,C,H,W)
         self.val_psnr.update(frames(recon), frames(video))

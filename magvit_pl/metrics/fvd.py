@@ -165,6 +165,16 @@ class FrechetVideoDistance(Metric):
         self.add_state("real_features", default=[], dist_reduce_fx="cat")
         self.add_state("fake_features", default=[], dist_reduce_fx="cat")
 
+    @property
+    def extractor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The feature network (I3D, shared by every metric using the same weights file)."""
+        return self._extractor
+
+    @property
+    def uses_attached_real_stats(self) -> bool:
+        """Whether the real statistics come from an attached file (real clips are then only counted)."""
+        return self._count_real
+
     # -- accumulation --------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -378,10 +388,18 @@ class FrechetVideoDistance(Metric):
 
 class PairedFVD(FrechetVideoDistance):
     """FVD in the form of a task metric: ``update(generated, real, given)`` adds the real and the
-    generated clips of one batch (``given``, the pixel mask of the condition, is not used)."""
+    generated clips of one batch (``given``, the pixel mask of the condition, is not used).
+    ``real_features``: the real clips' features, already computed (:meth:`features`), used instead of an I3D
+    pass over ``real`` (an evaluation shares them between tasks and repeats)."""
 
-    def update(self, generated: torch.Tensor, real: torch.Tensor, given: torch.Tensor | None = None) -> None:  # type: ignore[override]
-        self._add(real, True)
+    def update(self, generated: torch.Tensor, real: torch.Tensor, given: torch.Tensor | None = None,  # type: ignore[override]
+               real_features: torch.Tensor | None = None) -> None:
+        if real_features is not None and not self._count_real:
+            self._check_clips(real)
+            self._record_shape(real)
+            self._add(real_features, True, is_features=True)
+        else:
+            self._add(real, True)
         self._add(generated, False)
 
 

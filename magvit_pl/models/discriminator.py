@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from magvit_pl.checks import check_args
+from magvit_pl.errors import UserError
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.blocks import avg_pool_down
 
@@ -29,12 +30,15 @@ def _act(x: torch.Tensor) -> torch.Tensor:
 
 
 class DiscriminatorBlock(nn.Module):
-    """conv 3³ → act → pool ; conv 3³ → act ; plus pooled input through a 1×1×1 conv ; sum / √2."""
+    """conv 3³ → act → pool ; conv 3³ → act ; plus pooled input through a 1×1×1 conv ; sum / √2.
 
-    def __init__(self, in_channels: int, out_channels: int):
+    ``temporal_kernel_size=1``: 1×3×3 convs (the per-frame 2D discriminator of the 2D stage)."""
+
+    def __init__(self, in_channels: int, out_channels: int, temporal_kernel_size: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, in_channels, 3, padding=1)
-        self.conv2 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        k, pad = (temporal_kernel_size, 3, 3), (temporal_kernel_size // 2, 1, 1)
+        self.conv1 = nn.Conv3d(in_channels, in_channels, k, padding=pad)
+        self.conv2 = nn.Conv3d(in_channels, out_channels, k, padding=pad)
         self.shortcut = nn.Conv3d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +57,9 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
             (2, 4, 4, 4, 4) at 128 px, one block fewer per halving of ``resolution`` (4×4 at the end).
         num_frames: Frames of the clips it will see (fixes the size of the first Dense layer).
         resolution: Height and width of the clips it will see.
+        temporal_kernel_size: Kernel size in time of its 3×3 convs: 3 (the 3D discriminator) or 1 (a
+            per-frame 2D one for the 2D stage, trained on 1-frame clips, whose kernels
+            :mod:`~magvit_pl.models.inflation` inflates).
 
     Activation checkpointing is applied from outside (:mod:`magvit_pl.models.checkpointing`).
     """
@@ -64,19 +71,23 @@ class StyleGANDiscriminator3D(ConfigMixin, nn.Module):
         channel_multipliers: tuple[int, ...] | None = None,
         num_frames: int = 16,
         resolution: int = 128,
+        temporal_kernel_size: int = 3,
     ):
         super().__init__()
         check_args("discriminator", locals(), {"in_channels": ">= 1", "base_channels": ">= 1", "channel_multipliers": ">= 1",
                                                "num_frames": ">= 1", "resolution": ">= 1"})
+        if temporal_kernel_size not in (1, 3):
+            raise UserError(f"discriminator temporal_kernel_size must be 1 or 3; got {temporal_kernel_size}")
+        k, pad = (temporal_kernel_size, 3, 3), (temporal_kernel_size // 2, 1, 1)
         mults = default_channel_multipliers(resolution) if channel_multipliers is None else tuple(channel_multipliers)
         self.input_shape = (in_channels, num_frames, resolution, resolution)
-        self.conv_in = nn.Conv3d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv3d(in_channels, base_channels, k, padding=pad)
         blocks, ch, t, s = [], base_channels, num_frames, resolution
         for m in mults:
-            blocks.append(DiscriminatorBlock(ch, base_channels * m))
+            blocks.append(DiscriminatorBlock(ch, base_channels * m, temporal_kernel_size))
             ch, t, s = base_channels * m, (t + 1) // 2 if t > 1 else 1, (s + 1) // 2
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv3d(ch, ch, 3, padding=1)
+        self.conv_out = nn.Conv3d(ch, ch, k, padding=pad)
         self.fc = nn.Linear(ch * t * s * s, ch)
         self.head = nn.Linear(ch, 1)
         for mod in self.modules():  # xavier-uniform weights, zero biases (as the official code)

@@ -108,9 +108,9 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
     path = mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(path)
     hp = ckpt["hyper_parameters"]
-    flat = {k: v for k, v in hp.items() if k not in ("transformer", "commit", "sampling", "optim", "tasks")}
+    flat = {k: v for k, v in hp.items() if k not in ("transformer", "commit", "sampling", "optim", "tasks", "evaluation")}
     for group in ("transformer", "commit", "optim"):
-        flat.update({k: v for k, v in hp[group].items() if k != "layer_norm_eps"})
+        flat.update({k: v for k, v in hp[group].items() if k not in ("layer_norm_eps", "lr_schedule")})
     s = hp["sampling"]
     flat.update(sample_steps=s["steps"], choice_temperature=s["choice_temperature"], sample_temperature=s["temperature"],
                 top_k=s["top_k"], guidance_scale=s["guidance_scale"], tasks=hp["tasks"]["names"],
@@ -120,7 +120,8 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     new_model, old_model = MTMModule.from_checkpoint(str(path)), MTMModule.from_checkpoint(str(old))
-    assert dict(old_model.hparams) == dict(new_model.hparams)
+    # the flat layout always had a task token (here both have one: 10 tasks)
+    assert dict(old_model.hparams) == {**dict(new_model.hparams), "tasks": {**new_model.hparams["tasks"], "task_token": "always"}}
     g = torch.Generator().manual_seed(0)
     batch = {"video": torch.rand(2, 3, 8, 32, 32, generator=g) * 2 - 1, "label": torch.tensor([1, 2])}
     for task in ("frame_prediction", "class_generation"):
@@ -135,9 +136,10 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
         new_model.on_load_checkpoint(load_checkpoint(old))
     upgrade_checkpoint(str(old), str(tmp_path / "upgraded.ckpt"))
     upgraded = load_checkpoint(tmp_path / "upgraded.ckpt")
-    new_only = {"transformer": "layer_norm_eps", "tasks": "latent_rule"}  # fields the flat layout did not have
-    assert upgraded["hyper_parameters"] == {k: {f: x for f, x in v.items() if f != new_only[k]} if k in new_only else v
-                                            for k, v in hp.items()}
+    new_only = {"transformer": ("layer_norm_eps",), "optim": ("lr_schedule",),  # fields the flat layout did not have
+                "tasks": ("latent_rule", "task_token", "shared_task_tokens", "weights", "schedule")}
+    assert upgraded["hyper_parameters"] == {k: {f: x for f, x in v.items() if f not in new_only[k]} if k in new_only else
+                                            ({} if k == "evaluation" else v) for k, v in hp.items()}
     assert upgraded["magvit"]["tokenizer_config"] == load_checkpoint(path)["magvit"]["tokenizer_config"]
 
 

@@ -8,6 +8,7 @@ import torch
 
 from magvit_pl.commit import CommitConfig
 from magvit_pl.errors import UserError
+from magvit_pl.lit.evaluation import EvalConfig
 from magvit_pl.lit.mtm import MTMModule
 from magvit_pl.lit.mtm_options import OptimConfig, TaskConfig, constructor_args, group_flat_hparams
 from magvit_pl.models.checkpointing import is_checkpointed
@@ -36,8 +37,10 @@ def test_old_flat_hparams_map_onto_the_groups():
                                           label_smoothing=0.1, class_dropout_prob=0.2)
     assert args["optim"] == OptimConfig(lr=0.001, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=7, min_lr_ratio=0.1)
     assert args["sampling"] == SamplingConfig(steps=4, choice_temperature=3.0, temperature=0.5, top_k=5, guidance_scale=1.5)
-    assert args["tasks"] == TaskConfig(names=["frame_prediction", "outpainting_central"], num_cond_frames=2)
-    rest = {k: v for k, v in args.items() if k not in ("transformer", "commit", "optim", "sampling", "tasks")}
+    # saved before the layout option: every sequence had a task token
+    assert args["tasks"] == TaskConfig(names=["frame_prediction", "outpainting_central"], num_cond_frames=2, task_token="always")
+    assert args["evaluation"] == EvalConfig()  # the old layout had no protocol options
+    rest = {k: v for k, v in args.items() if k not in ("transformer", "commit", "optim", "sampling", "tasks", "evaluation")}
     assert rest == {"tokenizer_ckpt": OLD["tokenizer_ckpt"], "num_classes": 8, "num_frames": 8, "resolution": 32,
                     "activation_checkpointing": True, "eval_task": "outpainting", "num_media_clips": 2, "media_fps": 4,
                     "max_consecutive_nonfinite": 3, "seed": 9, "token_cache_clips": 0}
@@ -67,7 +70,9 @@ def test_built_from_python_the_checkpoint_holds_plain_data_and_checkpointing_is_
     torch.save(dict(model.hparams), buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)  # no dataclass (nor the tokenizer module) in a checkpoint
-    assert saved["tasks"] == {"names": ["frame_prediction", "outpainting_central"], "num_cond_frames": 2, "latent_rule": "any"}
+    assert saved["tasks"] == {"names": ["frame_prediction", "outpainting_central"], "num_cond_frames": 2, "latent_rule": "any",
+                              "task_token": "auto", "shared_task_tokens": False, "weights": None, "schedule": "cycle"}
+    assert saved["evaluation"] == {"num_samples": None, "num_repeats": 1}
     assert saved["transformer"]["hidden_dim"] == 16 and "tokenizer" not in saved
     assert constructor_args(saved)["transformer"] == model.transformer_config
     fp, opc = model.task("frame_prediction"), model.task("outpainting_central")
