@@ -28,11 +28,18 @@ def _fit(module, data, run: Path, steps: int = 2, validate: bool = True):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> types.SimpleNamespace:
-    """``.data`` (4 train / 4 val / 4 test synthetic clips of 8×32², 8 classes), ``.tokenizer_ckpt`` and ``.mtm_ckpt``
-    (Lightning checkpoints of a 2-step tiny tokenizer and a 2-step tiny MTM on it, with metrics.csv next to them)."""
-    from magvit_pl.data import VideoDataModule
+def share_data(tmp_path_factory) -> Path:
+    """4 train / 4 val / 4 test synthetic clips of 8×32² (8 classes), as prepared shards."""
     from magvit_pl.data.synthetic import ensure_default_dataset
+
+    return ensure_default_dataset(tmp_path_factory.mktemp("share_data") / "data", num_train=4, num_val=4, num_test=4,
+                                  num_frames=8, resolution=32, shard_size=4, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(share_data, tmp_path_factory) -> types.SimpleNamespace:
+    """``.data`` (:func:`share_data`), ``.tokenizer_ckpt`` and ``.mtm_ckpt`` (Lightning checkpoints of a 2-step tiny tokenizer and a 2-step tiny MTM on it, with metrics.csv next to them)."""
+    from magvit_pl.data import VideoDataModule
     from magvit_pl.lit.mtm import MTMModule
     from magvit_pl.lit.mtm_options import OptimConfig
     from magvit_pl.lit.tokenizer import TokenizerModule
@@ -41,9 +48,7 @@ def tiny_models(tmp_path_factory) -> types.SimpleNamespace:
     from magvit_pl.models.transformer import TransformerConfig
     from magvit_pl.sampling import SamplingConfig
 
-    root = tmp_path_factory.mktemp("sharing")
-    data_dir = ensure_default_dataset(root / "data", num_train=4, num_val=4, num_test=4, num_frames=8, resolution=32,
-                                      shard_size=4, workers=1)
+    root, data_dir = tmp_path_factory.mktemp("sharing"), share_data
     data = lambda: VideoDataModule(data_dir=str(data_dir), num_frames=8, resolution=32, batch_size=2, eval_batch_size=4,  # noqa: E731
                                    train_samples_per_epoch=4, num_workers=0)
     torch.manual_seed(0)
