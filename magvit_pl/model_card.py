@@ -153,8 +153,7 @@ def run_metrics(ckpt_path: str | os.PathLike, results: Iterable[str | os.PathLik
             series = {}
         last = {name[len("val/"):]: points[-1] for name, points in series.items() if name.startswith("val/") and points}
         if last:
-            step = int(max(step for step, _ in last.values()))
-            tables.append({"title": f"validation, last logged values (metrics.csv of the run, up to step {step})",
+            tables.append({"title": "validation, last logged values (the run's metrics.csv)",
                            "rows": {"val": {name: value for name, (_, value) in sorted(last.items())}}})
     found = [Path(p) for p in results]
     if run is not None:

@@ -109,8 +109,11 @@ def _write_folder(model: nn.Module, folder: Path, dtype: Dtype, extra: dict[str,
     if isinstance(model, MTMModule):
         if model.transformer is None:
             model.configure_model()
-        _write_folder(model.tokenizer, folder / TOKENIZER_DIR, dtype, {k: v for k, v in extra.items() if k in ("data", "training")})
-        _write_text(folder / TOKENIZER_DIR / CARD, "# Tokenizer of the MTM one folder up\n\nLoaded with it by `from_pretrained`.\n")
+        from magvit_pl.model_card import render_card
+
+        shared = {k: v for k, v in extra.items() if k in ("data", "training", "clip")}
+        tokenizer_config = _write_folder(model.tokenizer, folder / TOKENIZER_DIR, dtype, shared)
+        _write_text(folder / TOKENIZER_DIR / CARD, render_card(tokenizer_config, commands=["# the frozen tokenizer of the MTM one folder up"]))
         module = {k: v for k, v in dict(model.hparams).items() if not k.startswith("_")}
         config = {"kind": "mtm", "module": {**module, "tokenizer_ckpt": TOKENIZER_DIR}, "tokenizer": TOKENIZER_DIR,
                   "vocab": model.vocab.to_dict(), "task_table": {n: model.vocab.task_id(n) for n in model.task_names},
@@ -261,12 +264,14 @@ def check_data_config(data: Any, source: str) -> dict[str, Any]:
     return data
 
 
-def load_tokenizer_folder(folder: str | os.PathLike) -> nn.Module:
-    """The frozen tokenizer of a tokenizer folder (or of an MTM folder: its ``tokenizer/``), in eval mode."""
+def load_tokenizer_folder(folder: str | os.PathLike, of_mtm: bool = True) -> nn.Module:
+    """The frozen tokenizer of a tokenizer folder (or, with ``of_mtm``, of an MTM folder: its ``tokenizer/``), in eval mode."""
     folder = Path(folder)
     config = read_config(folder)
     if config["kind"] == "mtm":
-        return load_tokenizer_folder(_tokenizer_dir(folder, config))
+        if not of_mtm:
+            raise UserError(f"{folder} holds an MTM where a tokenizer folder belongs")
+        return load_tokenizer_folder(_tokenizer_dir(folder, config), of_mtm=False)
     source = str(folder / CONFIG)
     model = build_from_config(drop_legacy_flag(config["model"]), source)
     if not (isinstance(model, nn.Module) and hasattr(model, "encode") and hasattr(model, "decode")):
@@ -283,7 +288,7 @@ def load_mtm_folder(folder: str | os.PathLike) -> nn.Module:
     source = str(folder / CONFIG)
     if config["kind"] != "mtm":
         raise UserError(f"{folder} holds a {config['kind']}, not an MTM; generate/sample/test --task need an MTM folder")
-    tokenizer = load_tokenizer_folder(_tokenizer_dir(folder, config))
+    tokenizer = load_tokenizer_folder(_tokenizer_dir(folder, config), of_mtm=False)
     model = build_mtm(config["module"], tokenizer, source)
     _load_weights(model.transformer, folder / WEIGHTS, config["dtype"])
     derived = {"vocab": model.vocab.to_dict(), "task_table": {n: model.vocab.task_id(n) for n in model.task_names},
