@@ -209,7 +209,10 @@ def local_folder(name_or_path: str | os.PathLike, revision: str | None = None) -
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith(("./", "../")):
         from magvit_pl.hub import download
 
-        return download(text, revision)
+        try:
+            return download(text, revision)
+        except UserError as err:
+            raise UserError(f"{text}: no such local folder; as a Hub repository: {err}") from None
     raise MissingFileError(f"{path}: no such folder (nor a Hub repository id user/repo)")
 
 
