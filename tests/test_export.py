@@ -154,7 +154,9 @@ def sample_batch() -> dict[str, torch.Tensor]:
 
 
 def generated_tokens(ckpt: Path, task: str = "frame_prediction") -> torch.Tensor:
-    return MTMModule.from_checkpoint(str(ckpt)).generate(sample_batch(), task, seed=3, steps=4).tokens
+    from magvit_pl.pretrained import load_mtm_any  # a checkpoint or a model folder
+
+    return load_mtm_any(ckpt).generate(sample_batch(), task, seed=3, steps=4).tokens
 
 
 def assert_inference_only(exported: dict, kind: str, label: str) -> None:
@@ -234,6 +236,9 @@ def test_fsdp_sharded_folder_is_consolidated_exactly(mtm_run, tmp_path, capsys):
     assert all(torch.equal(exported["state_dict"][k], v) for k, v in source["state_dict"].items())
     assert exported["hyper_parameters"] == source["hyper_parameters"] and exported["global_step"] == source["global_step"] == 6
     assert torch.equal(generated_tokens(out, "outpainting_central"), generated_tokens(src, "outpainting_central"))
+    shared = export(str(folder), str(tmp_path / "fsdp_folder"), format="safetensors")  # the shareable model folder too
+    assert "FSDP sharded checkpoint (2 shards)" in capsys.readouterr().out
+    assert torch.equal(generated_tokens(shared, "outpainting_central"), generated_tokens(src, "outpainting_central"))
 
     (folder / "__1_0.distcp").unlink()  # a rank's shard lost
     with pytest.raises(UserError, match="reading its shards failed"):

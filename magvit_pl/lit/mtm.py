@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from magvit_pl.checks import check_args
-from magvit_pl.checkpoint import check_init_kwargs, load_tokenizer, load_weights, read_model_checkpoint
+from magvit_pl.checkpoint import check_init_kwargs, load_weights, read_model_checkpoint
 from magvit_pl.commit import CommitConfig, TaskSchedule, Vocab
 from magvit_pl.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir
@@ -57,7 +57,8 @@ class MTMModule(LightningModule):
     """Multi-task COMMIT training of a bidirectional transformer on frozen tokenizer tokens.
 
     Args:
-        tokenizer_ckpt: Stage-1 checkpoint (``runs/tokenizer/latest/checkpoints/last.ckpt``); its EMA tokenizer is frozen.
+        tokenizer_ckpt: Stage-1 checkpoint (``runs/tokenizer/latest/checkpoints/last.ckpt``) or tokenizer model folder
+            (``export --format safetensors``); its EMA tokenizer is frozen.
         num_classes: Number of class labels in the data (class tokens; the data module must agree); 0 for
             data without classes (BAIR), which then trains no class-conditional task.
         num_frames: Frames per clip (must match the data module).
@@ -144,7 +145,9 @@ class MTMModule(LightningModule):
             return
         hp = self.hparams
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer_ckpt)
+            from magvit_pl.pretrained import load_tokenizer_any  # a checkpoint or a model folder
+
+            self.tokenizer = load_tokenizer_any(hp.tokenizer_ckpt)
         k = self.tokenizer.codebook_size
         self.grid = self.tokenizer.token_grid(hp.num_frames, hp.resolution, hp.resolution)
         self.vocab = self.task_config.vocab(k, hp.num_classes, {n: self.task(n).family for n in self.task_names})

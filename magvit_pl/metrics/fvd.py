@@ -1,6 +1,7 @@
 """Fréchet Video Distance (Unterthiner et al., arXiv 1812.01717), as a DDP-synced torchmetrics Metric.
 
-Protocol (the one MAGVIT reports): clips in [-1, 1] are resized bilinearly to 224×224, passed through
+Protocol (the one MAGVIT reports): clips in [-1, 1] are resized bilinearly to 224×224 (on TF 1.x's sampling grid,
+as the TF reference and the official MAGVIT code resize: :func:`resize_clips`), passed through
 the Kinetics-400 I3D, and the 400 time-averaged logits are the features. FVD is the Fréchet
 distance between Gaussians fitted (float64) to the real and to the generated features. FVD numbers
 are only comparable under the same protocol (sample counts, frames, stride, resolution, I3D file),
@@ -72,14 +73,31 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
 
 
+RESIZE = "bilinear on TF 1.x's align_corners=False grid (source = output index x in/out), no antialias"
+
+
+def _tf1_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Low/high source indices and the weight of the high one, for each of ``n_out`` outputs on TF1's grid."""
+    x = torch.arange(n_out, dtype=torch.float32, device=device) * (n_in / n_out)
+    lo = x.floor().clamp(0, n_in - 1)
+    return lo.long(), (lo + 1).clamp(max=n_in - 1).long(), x - lo
+
+
 def resize_clips(videos: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, C, T, H, W)`` → ``(B, C, T, size, size)``, bilinear (half-pixel centres, no antialias)."""
+    """``(B, C, T, H, W)`` → ``(B, C, T, size, size)``, bilinear as TF 1.x ``tf.image.resize_bilinear`` (default
+    ``align_corners=False``, no half-pixel centres) computes it: output pixel ``i`` samples the source at
+    ``i · in / out``, with TF's order of operations. This is the resize of the TF FVD reference and of the official
+    MAGVIT evaluation (``videogvt/train_lib/metrics_lib.py``); PyTorch's ``align_corners=False`` samples half a pixel
+    elsewhere, which moves FVD by several per cent (docs/fvd.md)."""
     b, c, t, h, w = videos.shape
     if (h, w) == (size, size):
         return videos
-    frames = videos.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-    frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
-    return frames.reshape(b, t, c, size, size).transpose(1, 2)  # (B, C, T, size, size)
+    rows_lo, rows_hi, y = _tf1_axis(h, size, videos.device)
+    cols_lo, cols_hi, x = _tf1_axis(w, size, videos.device)
+    top, bottom = videos[..., rows_lo, :], videos[..., rows_hi, :]  # (B, C, T, size, W)
+    top = top[..., cols_lo] + (top[..., cols_hi] - top[..., cols_lo]) * x  # (B, C, T, size, size)
+    bottom = bottom[..., cols_lo] + (bottom[..., cols_hi] - bottom[..., cols_lo]) * x
+    return top + (bottom - top) * y[:, None]
 
 
 @functools.lru_cache(maxsize=2)
@@ -104,7 +122,7 @@ def test_set_key(manifest_sha256: str, selection: dict[str, Any], fvd: "FrechetV
     """Cache key of a test set's real statistics: the manifest hash, what selects and shapes the clips
     (``selection``: split, frames, resolution, stride, batch size, batch limit, processes …) and the feature
     protocol of ``fvd`` (resize, minimum frames, I3D file)."""
-    fields = {"manifest": manifest_sha256, "selection": selection, "resize": fvd.resize, "min_frames": fvd.min_frames,
+    fields = {"manifest": manifest_sha256, "selection": selection, "resize": fvd.resize, "resize_method": RESIZE, "min_frames": fvd.min_frames,
               "weights_sha256": fvd._weights_sha256}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -312,7 +330,7 @@ class FrechetVideoDistance(Metric):
             "frames": t,
             "stride": self.stride,
             "seed": self.seed,
-            "resize": "bilinear, half-pixel centres, no antialias",
+            "resize": RESIZE,
             "features": "I3D Kinetics-400 logits averaged over time",
             "weights_sha256": self._weights_sha256,
             "real_stats_cached": self._real_stats is not None,
