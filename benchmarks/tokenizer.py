@@ -22,11 +22,24 @@ run at batch 1 on CPU (``--large-batch``). With ``--quick`` they run ONE encode,
 ONE training step, each timed while its FLOPs are counted, with no warm-up (the counter's per-op
 overhead and first-call setup are small next to convolutions of this size).
 
+``--matched`` instead measures the configuration of the side-by-side comparison with the peer
+tokenizers (issue 18): 64² clips of 16 frames, base 32, multipliers (1, 2, 4), 2 res blocks, time /4,
+LFQ with 2^10 codes (8.7 M parameters), batch 1, fp32, in this process: ``encode`` and ``decode`` as
+above, and ``train`` = one autoencoder step (L2 + quantizer loss, backward, Adam step; no GAN, whose
+discriminators differ between the tokenizers compared). The paths run interleaved for ``--repeats``
+rounds after ``--warmup`` calls each, every call between two 2048³ fp32 matmuls; the JSON line and the
+table give median wall time, frames/s, achieved GFLOP/s (FLOPs counted on the plain-op reference path,
+see ``magvit_pl.models.kernels``) and GFLOP/s as a fraction of the neighbouring matmuls' (robust to
+load from other processes). ``--before`` adds the same paths as they ran before the CPU fast kernels
+(plain ops, contiguous memory, encode computing the quantizer losses), interleaved with the fast ones;
+``--compile`` adds ``torch.compile``d ones (compile time reported).
+
 On a shared CPU, pin ``--threads`` below the free cores. Prints a rich table on stderr and ONE
 JSON line on stdout::
 
     OMP_NUM_THREADS=2 python benchmarks/tokenizer.py --quick --threads 2
     python benchmarks/tokenizer.py --configs default,B,L --large-batch 4 --device cuda
+    python benchmarks/tokenizer.py --matched --threads 2 --before
 """
 from __future__ import annotations
 
@@ -41,9 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from timing import matmul_gflops, sync, timed
+from timing import interleaved, matmul_gflops, sync, timed
 from magvit_pl.losses import discriminator_gan_loss, generator_gan_loss, r1_penalty
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+from magvit_pl.models.kernels import reference_kernels
+from magvit_pl.models.quantizers import LookupFreeQuantizer
 from magvit_pl.models.tokenizer import VQTokenizer, count_parameters
 
 # name → tokenizer preset + overrides, clip (T, H, W), discriminator width, whether "large"
@@ -55,6 +70,9 @@ CONFIGS: dict[str, dict] = {
     "bair_B": dict(preset="bair_B", overrides={}, clip=(16, 64, 64), disc_base=64, batch=None, large=True),
 }
 GAN_WEIGHT, R1_COST, LR, BETAS = 0.1, 10.0, 1e-4, (0.0, 0.99)  # configs/tokenizer.yaml, paper Adam betas
+# the side-by-side comparison's scale (issue 18): 16x64x64 clips -> 4x16x16 tokens, 2^10 LFQ codes
+MATCHED = dict(base_channels=32, channel_multipliers=(1, 2, 4), num_res_blocks=2, embedding_dim=10)
+MATCHED_CLIP = (16, 64, 64)
 
 
 
@@ -168,10 +186,126 @@ def run_worker(spec: dict, device: str, threads: int) -> dict:
 
 
 
+def matched_tokenizer(norm_groups: int = 32) -> VQTokenizer:
+    """The tokenizer of the side-by-side comparison: 8.7 M parameters, 16x64x64 → 4x16x16, LFQ 2^10."""
+    return VQTokenizer(**MATCHED, quantizer=LookupFreeQuantizer(MATCHED["embedding_dim"]), norm_groups=norm_groups)
+
+
+def autoencoder_step(tok: VQTokenizer, opt: torch.optim.Optimizer, video: torch.Tensor) -> None:
+    """One training step of the autoencoder alone: L2 + quantizer loss, backward, optimiser step."""
+    recon, q = tok(video)
+    loss = F.mse_loss(recon, video) + q.loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def matched_paths(tok: VQTokenizer, video: torch.Tensor, adam: str, before: bool, compiled: bool) -> dict:
+    """name → (path, variant, callable) for ``bench_matched``; ``compile_s`` holds compile times."""
+    adam_flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam]
+    opt = torch.optim.Adam(tok.parameters(), lr=LR, betas=BETAS, **adam_flags)
+    with torch.no_grad():
+        tokens = tok.encode(video)
+
+    def plain(fn):
+        def run():
+            with reference_kernels():
+                return fn()
+        return run
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
+
+    paths = {
+        "encode": ("encode", "fast", no_grad(lambda: tok.encode(video))),
+        "decode": ("decode", "fast", no_grad(lambda: tok.decode(tokens))),
+        "train": ("train", "fast", lambda: autoencoder_step(tok, opt, video)),
+    }
+    if before:  # the code as it was: plain ops, contiguous memory, encode through the full quantizer
+        paths.update({
+            "encode/before": ("encode", "before", plain(no_grad(lambda: tok.quantize(video).indices))),
+            "decode/before": ("decode", "before", plain(no_grad(lambda: tok.decode(tokens)))),
+            "train/before": ("train", "before", plain(lambda: autoencoder_step(tok, opt, video))),
+        })
+    compile_s = {}
+    if compiled:  # torch.compile (inductor) of the plain-op model: what it makes of GN + SiLU + conv
+        enc, dec = torch.compile(tok.encoder), torch.compile(tok.decoder)
+        for name, fn in (("encode", lambda: tok.quantizer.indices(enc(video))), ("decode", lambda: dec(tok.quantizer.embed(tokens)))):
+            fn = plain(no_grad(fn))
+            t0 = time.perf_counter()
+            fn()
+            compile_s[name] = time.perf_counter() - t0
+            paths[f"{name}/compiled"] = (name, "compiled", fn)
+    return paths, compile_s
+
+
+def bench_matched(args, device: torch.device) -> dict:
+    """The side-by-side configuration, every path interleaved with the others and with the matmul."""
+    T, H, W = MATCHED_CLIP
+    torch.manual_seed(0)
+    tok = matched_tokenizer(args.norm_groups).to(device)
+    video = torch.rand(args.batch, 3, T, H, W, device=device) * 2 - 1
+    paths, compile_s = matched_paths(tok, video, args.adam, args.before, args.compile)
+    flops = {}
+    with reference_kernels():  # FlopCounterMode counts aten convolutions, not the oneDNN calls
+        for name, (_, _, fn) in paths.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn()
+            flops[name] = float(counter.get_total_flops())
+    timing = interleaved({k: v[2] for k, v in paths.items()}, flops, args.repeats, args.warmup, device, args.matmul_n,
+                         clock=args.clock)
+    rows = []
+    for name, (path, variant, _) in paths.items():
+        r = timing["rows"][name]
+        rows.append({
+            "path": path, "variant": variant, "s": r["s"], "frames_per_s": args.batch * T / r["s"],
+            "gflop": flops[name] / 1e9, "gflops": r["gflops"], "vs_matmul": r["vs_matmul"],
+            **({"compile_s": compile_s[path]} if variant == "compiled" else {}),
+        })
+    result = {
+        "benchmark": "tokenizer_matched",
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": {**MATCHED, "quantizer": "LFQ 2^10", "norm_groups": args.norm_groups, "clip": f"{T}x{H}x{W}",
+                   "tokens": "x".join(map(str, tok.token_grid(T, H, W))), "batch": args.batch,
+                   "train_step": "autoencoder: L2 + quantizer loss, backward, Adam", "adam": args.adam},
+        "params_M": round(count_parameters(tok) / 1e6, 2),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "clock": args.clock,
+        "matmul_n": args.matmul_n,
+        "matmul_gflops": timing["matmul_gflops"],
+        "rows": rows,
+    }
+    _matched_table(result)
+    print(json.dumps(result, separators=(",", ":")))
+    return result
+
+
+def _matched_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = result["config"]
+    t = Table(title=f"tokenizer at the matched scale ({result['params_M']} M params, {c['clip']} → {c['tokens']}, batch "
+                    f"{c['batch']}), {result['device']} x{result['threads']} threads, {result['clock']} clock, matmul {result['matmul_gflops']:.0f} GFLOP/s")
+    for col in ("path", "variant", "median s", "frames/s", "GFLOP", "GFLOP/s", "vs matmul", "compile s"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        t.add_row(r["path"], r["variant"], f"{r['s']:.3f}", f"{r['frames_per_s']:.1f}", f"{r['gflop']:.1f}",
+                  f"{r['gflops']:.0f}", f"{r['vs_matmul']:.2f}", f"{r['compile_s']:.0f}" if "compile_s" in r else "–")
+    Console(stderr=True, width=160).print(t)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="default,B", help=f"comma-separated, from {', '.join(CONFIGS)}")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported; default 3, --matched 5)")
     p.add_argument("--large-batch", type=int, default=0,
                    help="batch of the large configurations (0 = 1 on CPU, 4 on CUDA)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -179,11 +313,32 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--matmul-n", type=int, default=2048, help="size of the reference fp32 matmul")
     p.add_argument("--quick", action="store_true",
                    help="large configurations: encode/decode timed once, ONE training step")
+    p.add_argument("--matched", action="store_true",
+                   help="the side-by-side configuration of issue 18 instead of --configs (see the module docstring)")
+    p.add_argument("--before", action="store_true", help="--matched: also the paths as before the fast kernels")
+    p.add_argument("--compile", action="store_true", help="--matched: also torch.compile'd encode and decode")
+    p.add_argument("--warmup", type=int, default=2, help="--matched: untimed calls of each path first")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="--matched: wall time, or this process's CPU time (robust to load with --threads 1)")
+    p.add_argument("--batch", type=int, default=1, help="--matched: clips per call")
+    p.add_argument("--norm-groups", type=int, default=32, help="--matched: GroupNorm groups (the CPU demo uses 4)")
+    p.add_argument("--adam", default="default", choices=("default", "foreach", "fused"),
+                   help="--matched: torch.optim.Adam implementation of the training step")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: JSON spec of one configuration
     args = p.parse_args(argv)
+    args.repeats = args.repeats if args.repeats is not None else (5 if args.matched else 3)
+    for flag in ("repeats", "batch", "matmul_n"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0 or args.norm_groups < 0:
+        p.error(f"--warmup and --norm-groups must be >= 0, got {args.warmup} and {args.norm_groups}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    if args.matched:
+        return bench_matched(args, device)
 
     if args.worker:
         spec = json.loads(args.worker)

@@ -1,7 +1,8 @@
 """Building blocks shared by the tokenizer and the discriminator: 'same' 3D convs with a choice of
 padding, the MAGVIT residual block, average-pool down- and nearest up-sampling.
 
-All tensors are ``(B, C, T, H, W)``.
+All tensors are ``(B, C, T, H, W)``. On CPU in fp32 the convs, pooling and normalisations run through
+:mod:`magvit_pl.models.kernels` (oneDNN, channels-last 3D memory order); the maths is the plain ops'.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from magvit_pl.models import kernels
 
 PaddingMode = Literal["zeros", "reflect", "replicate"]
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -52,10 +55,17 @@ class SameConv3d(nn.Conv3d):
         kt, kh, kw = k
         self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, kt // 2, kt // 2)  # F.pad order: W, H, T
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv of ``x``, plus ``residual`` when given (fused into the conv on the CPU fast path
+        without autograd)."""
+        if residual is None:
+            return kernels.conv3d(self._padded(x), self, self.padding)
+        return kernels.conv3d_add(self._padded(x), self, self.padding, residual)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_padding_mode != "zeros" and any(self._pad):
-            x = self._pad_input(x)
-        return super().forward(x)
+            return self._pad_input(x)
+        return x
 
     def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
         pw, _, ph, _, pt, _ = self._pad
@@ -86,13 +96,12 @@ class ResBlock(nn.Module):
         self.norm2 = group_norm(out_channels, groups=norm_groups)
         self.conv2 = SameConv3d(out_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
         self.shortcut = (
-            nn.Conv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
+            SameConv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.shortcut(x)
+        h = self.conv1(kernels.norm_silu(self.norm1, x))
+        return self.conv2(kernels.norm_silu(self.norm2, h), self.shortcut(x))  # conv2(...) + shortcut
 
 
 def avg_pool_down(x: torch.Tensor, pool_time: bool = True) -> torch.Tensor:
@@ -102,12 +111,9 @@ def avg_pool_down(x: torch.Tensor, pool_time: bool = True) -> torch.Tensor:
     pooling, which excludes padding from the mean).
     """
     kt = 2 if pool_time and x.shape[2] > 1 else 1
-    k = (kt, 2, 2)
-    return F.avg_pool3d(x, k, k, ceil_mode=True)
+    return kernels.avg_pool(x, (kt, 2, 2))
 
 
 def nearest_up(x: torch.Tensor, up_time: bool = True) -> torch.Tensor:
     """Double H and W (and T when ``up_time``) by nearest-neighbour repetition."""
-    B, C, T, H, W = x.shape
-    size = (T * 2 if up_time else T, H * 2, W * 2)
-    return F.interpolate(x, size=size, mode="nearest")
+    return kernels.nearest_up(x, (2 if up_time else 1, 2, 2))

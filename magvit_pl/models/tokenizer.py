@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from magvit_pl.checks import check_args
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.errors import UserError
+from magvit_pl.models import kernels
 from magvit_pl.models.blocks import (
     PADDING_MODES,
     PaddingMode,
@@ -28,7 +28,7 @@ from magvit_pl.models.blocks import (
     group_norm,
     nearest_up,
 )
-from magvit_pl.models.quantizers import QuantizerOutput, VectorQuantizer
+from magvit_pl.models.quantizers import Quantizer, QuantizerOutput, VectorQuantizer
 
 
 def default_temporal_downsample(num_levels: int, temporal_kernel_size: int) -> tuple[bool, ...]:
@@ -67,10 +67,10 @@ class Encoder(nn.Module):
             self.levels.append(blocks)
         self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
         self.norm_out = group_norm(ch, groups=norm_groups)
-        self.conv_out = nn.Conv3d(ch, embedding_dim, 1)
+        self.conv_out = SameConv3d(ch, embedding_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(x)
+        x = self.conv_in(kernels.to_fast_layout(x))
         for i, blocks in enumerate(self.levels):
             for block in blocks:
                 x = block(x)
@@ -78,7 +78,7 @@ class Encoder(nn.Module):
                 x = avg_pool_down(x, pool_time=self.temporal_downsample[i])
         for block in self.mid:
             x = block(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(kernels.norm_silu(self.norm_out, x))
 
 
 class Decoder(nn.Module):
@@ -116,7 +116,7 @@ class Decoder(nn.Module):
         self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(x)
+        x = self.conv_in(kernels.to_fast_layout(x))
         for block in self.mid:
             x = block(x)
         n = len(self.levels)
@@ -127,7 +127,7 @@ class Decoder(nn.Module):
             if level > 0:
                 x = nearest_up(x, up_time=self.temporal_downsample[level - 1])
                 x = self.up_convs[j](x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(kernels.norm_silu(self.norm_out, x)).contiguous()  # (B, C, T, H, W), row-major
 
 
 class VQTokenizer(ConfigMixin, nn.Module):
@@ -236,8 +236,12 @@ class VQTokenizer(ConfigMixin, nn.Module):
         return self.quantizer(self.encoder(video), step=step)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video (B, C, T, H, W) → token ids (B, t, h, w)."""
-        return self.quantize(video).indices
+        """Video (B, C, T, H, W) → token ids (B, t, h, w) (no quantizer losses or statistics computed)."""
+        self.token_grid(*video.shape[2:])  # validates the clip size
+        z = self.encoder(video)
+        if isinstance(self.quantizer, Quantizer):  # a plugin quantizer may have only forward()
+            return self.quantizer.indices(z)
+        return self.quantizer(z).indices
 
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, D, t, h, w) → video (B, C, T, H, W), not clamped."""

@@ -96,6 +96,15 @@ class Quantizer(nn.Module):
     def _forward(self, z: torch.Tensor, step: int | None) -> QuantizerOutput:
         raise NotImplementedError
 
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, t, h, w) of ``z`` (B, D, t, h, w): the ``indices`` of ``forward`` without its losses,
+        statistics or training-time updates (what encoding needs)."""
+        with fp32_region(z.device):
+            return self._indices(z.float())
+
+    def _indices(self, z: torch.Tensor) -> torch.Tensor:
+        return self._forward(z, None).indices
+
     def entropy_term(self, step: int | None, penalty) -> torch.Tensor:
         """The annealed entropy weight times ``penalty()`` (not evaluated when the weight is 0)."""
         if self.entropy_weight == 0:

@@ -107,6 +107,9 @@ class LookupFreeQuantizer(ConfigMixin, Quantizer):
         }
         return self.finish(flat, q, indices, (B, T, H, W, D), terms)[0]
 
+    def _indices(self, z: torch.Tensor) -> torch.Tensor:
+        return self.codes_to_indices(self.norm(z).permute(0, 2, 3, 4, 1))  # (B, t, h, w)
+
     def grouped_entropy(self, flat: torch.Tensor) -> torch.Tensor:
         """Entropy penalty of ``flat`` (N, D), summed over the bit groups."""
         G = self.entropy_groups

@@ -100,6 +100,10 @@ class VectorQuantizer(ConfigMixin, Quantizer):
             out.metrics["restarted"] = restarted
         return out
 
+    def _indices(self, z: torch.Tensor) -> torch.Tensor:
+        B, D, T, H, W = z.shape
+        return self.squared_distances(z.permute(0, 2, 3, 4, 1).reshape(-1, D)).argmin(dim=1).view(B, T, H, W)
+
     def squared_distances(self, flat: torch.Tensor) -> torch.Tensor:
         """‖z − c‖² for every latent row of ``flat`` (N, D) and code c: (N, K), computed in fp32."""
         zf, cb = flat.float(), self.codebook.float()
