@@ -27,7 +27,8 @@ from magvit_pl.data import synthetic
 from magvit_pl.data.datamodule import VideoDataModule
 from magvit_pl.data.prepare import prepare
 from magvit_pl.data.shards import decode_sample, encode_sample, read_shard, write_shard
-from magvit_pl.data.video import VideoReadError, read_video, sample_clip
+from magvit_pl.data.transforms import sample_clip
+from magvit_pl.data.video_io import VideoReadError, read_video
 
 DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"
 FORMATS = {"mp4-444": dict(fmt="mp4", pix_fmt="yuv444p"), "mp4-420": dict(fmt="mp4", pix_fmt="yuv420p"),

@@ -55,7 +55,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from magvit_pl.data import synthetic
 from magvit_pl.data.shards import (FORMAT_VERSION, SampleError, ShardError, check_shard_name, class_name_problem,
                                    decode_sample, read_shard)
-from magvit_pl.data.video import VideoReadError, center_crop, random_crop, resize_short_side
+from magvit_pl.data.transforms import center_crop, frames_to_tensor, random_crop, resize_short_side, tensor_to_frames  # noqa: F401  (re-exported)
+from magvit_pl.data.video_io import VideoReadError
 from magvit_pl.errors import MissingFileError, UserError
 
 DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
@@ -157,18 +158,6 @@ def _check_shard_file(path: str, size: int | None) -> None:
     if size is not None and st.st_size != size:
         raise ShardError(path, f"has {st.st_size} bytes, manifest.json says {size}: it was changed or cut short; "
                                f"prepare the data again")
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames))
-    return x.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (C, T, H, W)
-
-
-def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
-    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3) (clamped and rounded)."""
-    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).contiguous().numpy()
 
 
 class DataWaitTerminated(UserError):

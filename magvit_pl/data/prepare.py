@@ -42,7 +42,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 from magvit_pl.data.shards import (FORMAT_VERSION, MAX_SAMPLE_FRAMES, SHARD_NAME, class_name_problem, encode_sample,
                                    make_key, shard_name, umask_mode, write_shard)
-from magvit_pl.data.video import VideoReadError, center_crop, probe, read_video
+from magvit_pl.data.transforms import center_crop
+from magvit_pl.data.video_io import VideoReadError, probe, read_video
 from magvit_pl.errors import MissingFileError, UserError
 from magvit_pl.io import atomic_open, write_json
 
