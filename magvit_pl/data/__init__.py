@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "datamodule": ["DATA_ENV", "ShardClips", "VideoDataModule", "default_data_root", "read_manifest"],
+    "datamodule": ["DATA_ENV", "ShardClips", "VideoDataModule", "default_data_root"],
+    "manifest": ["check_manifest", "read_manifest"],
     "shards": ["decode_sample", "encode_sample", "read_shard", "write_shard"],
     "synthetic": ["ensure_default_dataset", "render_clip"],
     "transforms": ["center_crop", "clip_indices", "frames_to_tensor", "pixels_to_unit", "random_crop", "resize",

@@ -33,12 +33,9 @@ evaluation the first one stops it. SIGTERM while a loader is waiting for data st
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import re
 import signal
-import stat
 import sys
 import threading
 import warnings
@@ -53,111 +50,19 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from magvit_pl.data import synthetic
-from magvit_pl.data.shards import (FORMAT_VERSION, SampleError, ShardError, check_shard_name, class_name_problem,
-                                   decode_sample, read_shard)
+from magvit_pl.data.manifest import check_shard_file, read_manifest
+from magvit_pl.data.shards import SampleError, ShardError, check_shard_name, decode_sample, read_shard
 from magvit_pl.data.transforms import center_crop, frames_to_tensor, random_crop, resize_short_side, tensor_to_frames  # noqa: F401  (re-exported)
 from magvit_pl.data.video_io import VideoReadError
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.errors import UserError
 
 DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
 MAX_FAILURES = 100  # unusable training samples or shards in a row before a run stops
-MAX_MANIFEST_BYTES = 1 << 30
-MAX_SHARD_COUNT = 10_000_000  # samples in one shard
-SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def default_data_root() -> Path:
     """Where prepared and synthetic shards live: ``$MAGVIT_PL_DATA`` or ``./data/shards``."""
     return Path(os.environ.get(DATA_ENV) or "data/shards")
-
-
-def read_manifest(data_dir: str | os.PathLike) -> dict:
-    """The parsed ``manifest.json`` of a shard folder; MissingFileError naming the prepare command."""
-    path = Path(data_dir) / "manifest.json"
-    if not Path(data_dir).is_dir():
-        raise MissingFileError(f"data folder {data_dir} not found; make it with: "
-                               f"python cli.py prepare --input VIDEOS --output {data_dir}")
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found ({data_dir} is not a prepared dataset); make it with: "
-                               f"python cli.py prepare --input VIDEOS --output {data_dir}")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise UserError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB; it is not a manifest this project wrote")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise UserError(f"{path} is not valid JSON ({str(e)[:100]}); prepare the data again") from None
-    return check_manifest(manifest, str(path))
-
-
-def _is_int(value: object, low: int = 0, high: int | None = None) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
-
-
-def check_manifest(manifest: object, where: str = "manifest.json") -> dict:
-    """``manifest`` if everything the loader reads from it is well-formed, else one UserError line:
-    ``format_version`` one this code reads; ``classes`` a list of distinct names that survive
-    classes.txt; ``splits`` a non-empty object whose names are plain words, each with a list of
-    ``shards`` ``{name, count[, bytes]}`` (names plain file names, see ``check_shard_name``; counts
-    integers that add up to the split's ``count``)."""
-    def bad(message: str):
-        raise UserError(f"{where}: {message}; prepare the data again")
-
-    if not isinstance(manifest, dict):
-        bad(f"expected a JSON object, got {type(manifest).__name__}")
-    version = manifest.get("format_version", FORMAT_VERSION)
-    if not _is_int(version, 1, FORMAT_VERSION):
-        bad(f"format_version {version!r:.40} is not one this version reads (1..{FORMAT_VERSION})")
-    classes = manifest.get("classes", [])
-    if not isinstance(classes, list):
-        bad(f"'classes' must be a list of names, got {type(classes).__name__}")
-    for name in classes:
-        if (problem := class_name_problem(name)) is not None:
-            bad(f"class name {name!r:.60} {problem}")
-    if len(set(classes)) != len(classes):
-        bad(f"class '{next(c for c in classes if classes.count(c) > 1)}' is listed twice")
-    splits = manifest.get("splits")
-    if not isinstance(splits, dict) or not splits:
-        bad("'splits' must be a non-empty object of split name -> {count, shards}")
-    for split, entry in splits.items():
-        if not SPLIT_NAME.fullmatch(split):
-            bad(f"split name {split!r:.60} is not a plain word (letters, digits, '_', '-')")
-        if not isinstance(entry, dict) or not isinstance(entry.get("shards", []), list):
-            bad(f"split '{split}' must be an object with a list of 'shards'")
-        seen, total = set(), 0
-        for shard in entry.get("shards", []):
-            if not isinstance(shard, dict):
-                bad(f"split '{split}': every shard must be an object {{name, count}}, got {type(shard).__name__}")
-            name = check_shard_name(shard.get("name"), f"{where}, split '{split}'")
-            if name in seen:
-                bad(f"split '{split}' lists shard {name} twice")
-            seen.add(name)
-            if not _is_int(shard.get("count"), 0, MAX_SHARD_COUNT):
-                bad(f"shard {name}: 'count' must be an integer in [0, {MAX_SHARD_COUNT}], "
-                    f"got {shard.get('count')!r:.40}")
-            if "bytes" in shard and not _is_int(shard["bytes"]):
-                bad(f"shard {name}: 'bytes' must be an integer >= 0, got {shard['bytes']!r:.40}")
-            total += shard["count"]
-        if entry.get("count", total) != total or not _is_int(entry.get("count", total)):
-            bad(f"split '{split}': 'count' {entry.get('count')!r:.40} is not the sum of its shards' counts ({total})")
-        if "frames" in entry and not _is_int(entry["frames"]):
-            bad(f"split '{split}': 'frames' must be an integer >= 0, got {entry['frames']!r:.40}")
-    return manifest
-
-
-def _check_shard_file(path: str, size: int | None) -> None:
-    """ShardError unless ``path`` is a regular file of ``size`` bytes (None: any size)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ShardError(path, "listed in manifest.json but not found; prepare the data again") from None
-    except OSError as e:
-        raise ShardError(path, f"cannot be read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ShardError(path, "not a regular file")
-    if size is not None and st.st_size != size:
-        raise ShardError(path, f"has {st.st_size} bytes, manifest.json says {size}: it was changed or cut short; "
-                               f"prepare the data again")
 
 
 class DataWaitTerminated(UserError):
@@ -573,7 +478,7 @@ class VideoDataModule(L.LightningDataModule):
         root = os.path.abspath(self.root)  # absolute: no shard path can read as a URL scheme
         shards = [os.path.join(root, check_shard_name(s["name"])) for s in entry["shards"]]
         for path, s in zip(shards, entry["shards"]):
-            _check_shard_file(path, s.get("bytes"))
+            check_shard_file(path, s.get("bytes"))
         counts = [int(s["count"]) for s in entry["shards"]]
         classes = self.manifest.get("classes")
         return ShardClips(shards, counts, self.num_frames, self.resolution, self.frame_stride, train=train,
