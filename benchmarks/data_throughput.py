@@ -7,8 +7,8 @@ Prints one JSON line (medians of ``--repeats``) and a rich table. Sections:
   storage  bytes per clip, write clips/s, read+decode clips/s (a random 16-frame clip) and PSNR
            of each shard payload (mp4 4:4:4, mp4 4:2:0, raw npy) on the real clips and the synthetic set
   prepare  videos/s and frames/s of ``prepare`` on the real clips (2 workers)
-  loader   training clips/s through VideoDataModule with 0, 1, 2 workers, against decoding the
-           source video for every clip (what a loader without shards would do)
+  loader   training clips/s (and CPU ms per clip) through VideoDataModule with 0, 1, 2 workers,
+           against decoding the source video for every clip (what a loader without shards would do)
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from magvit_pl.data import synthetic
 from magvit_pl.data.datamodule import VideoDataModule
 from magvit_pl.data.prepare import prepare
 from magvit_pl.data.shards import decode_sample, encode_sample, read_shard, write_shard
-from magvit_pl.data.video import VideoReadError, read_video, sample_clip
+from magvit_pl.data.transforms import sample_clip
+from magvit_pl.data.video_io import VideoReadError, read_video
 
 DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"
 FORMATS = {"mp4-444": dict(fmt="mp4", pix_fmt="yuv444p"), "mp4-420": dict(fmt="mp4", pix_fmt="yuv420p"),
@@ -97,8 +98,15 @@ def bench_prepare(clips: list[Path], tmp: Path, resolution: int, repeats: int) -
             "videos_per_s": round(s["videos"] / secs, 2), "frames_per_s": round(s["frames"] / secs, 1)}, out
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the loader's worker processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def loader(data_dir: Path, resolution: int, num_frames: int, batches: int, repeats: int) -> dict:
-    """Training clips/s through the DataModule for 0, 1, 2 workers (worker start-up included);
+    """Training clips/s through the DataModule for 0, 1, 2 workers (worker start-up included), and the
+    CPU milliseconds per clip (this process and the workers: on a shared machine the steadier figure);
     repeats round-robin over the worker counts."""
     loaders = {}
     for workers in (0, 1, 2):
@@ -107,10 +115,14 @@ def loader(data_dir: Path, resolution: int, num_frames: int, batches: int, repea
         dm.setup("fit")
         loaders[f"workers_{workers}"] = dm.train_dataloader()
     rates: dict[str, list[float]] = {name: [] for name in loaders}
+    cpu: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
         for name, dl in loaders.items():
+            c0 = _cpu_seconds()
             rates[name].append(_median_rate(lambda: sum(1 for _ in dl), 8 * batches, 1))
-    return {name: round(statistics.median(r), 1) for name, r in rates.items()}
+            cpu[name].append((_cpu_seconds() - c0) * 1000 / (8 * batches))
+    return {**{name: round(statistics.median(r), 1) for name, r in rates.items()},
+            **{f"{name}_cpu_ms_per_clip": round(statistics.median(c), 2) for name, c in cpu.items()}}
 
 
 def raw_decode(clips: list[Path], resolution: int, num_frames: int, count: int, repeats: int) -> float:
@@ -179,8 +191,11 @@ def _table(r: dict) -> None:
         t = Table(title=f"training clips/s ({data}, {r['num_frames']}x{r['resolution']}², batch 8)")
         t.add_column("path")
         t.add_column("clips/s", justify="right")
-        for name, v in r[f"loader_{data}"].items():
-            t.add_row(name, str(v))
+        t.add_column("CPU ms/clip", justify="right")
+        rows = r[f"loader_{data}"]
+        for name, v in rows.items():
+            if not name.endswith("_cpu_ms_per_clip"):
+                t.add_row(name, str(v), str(rows.get(f"{name}_cpu_ms_per_clip", "")))
         console.print(t)
     if "prepare_real" in r:
         pr = r["prepare_real"]

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.data.video import center_crop, read_video
+from magvit_pl.data.transforms import center_crop
+from magvit_pl.data.video_io import read_video
 from magvit_pl.metrics.fvd import FrechetVideoDistance, frechet_distance, gaussian_stats
 
 DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"

@@ -35,8 +35,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpe
 
 def video_clips(folder: Path, num_frames: int, resolution: int, per_video: int) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, T, R, R) in [-1, 1]: ``per_video`` evenly spaced clips of every video in ``folder``."""
-    from magvit_pl.data.datamodule import frames_to_tensor
-    from magvit_pl.data.video import center_crop, read_video
+    from magvit_pl.data.transforms import center_crop, frames_to_tensor
+    from magvit_pl.data.video_io import read_video
 
     clips, names = [], []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):

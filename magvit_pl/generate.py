@@ -22,7 +22,8 @@ def load_clip(path: str, num_frames: int, resolution: int, timeout_s: float | No
     Decodes only those frames (scaled while decoding) within ``timeout_s`` seconds; anything wrong with
     the file (not a video, truncated, too large, too slow) is a one-line UserError naming it.
     """
-    from magvit_pl.data.video import center_crop, read_video, resize_short_side
+    from magvit_pl.data.transforms import center_crop, resize_short_side
+    from magvit_pl.data.video_io import read_video
 
     if not Path(path).is_file():
         raise MissingFileError(f"--input {path}: file not found")
@@ -62,7 +63,7 @@ def generate(
         runs_root: Where training runs live (for the default checkpoint).
     """
     from magvit_pl.checkpoint import latest_checkpoint
-    from magvit_pl.data.video import write_video
+    from magvit_pl.data.video_io import write_video
     from magvit_pl.media import save_video_grid, to_uint8
     from magvit_pl.pretrained import load_mtm_any
 

@@ -38,7 +38,7 @@ def video_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
 
 def save_video_grid(stem: str | Path, rows: Sequence[torch.Tensor], fps: int = 8, formats: Sequence[str] = ("mp4", "gif")) -> list[Path]:
     """Write the grid of ``rows`` as ``stem.mp4`` / ``stem.gif``; returns the written paths."""
-    from magvit_pl.data.video import write_video
+    from magvit_pl.data.video_io import write_video
 
     frames = video_grid(rows)
     paths = []

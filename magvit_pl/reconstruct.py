@@ -27,7 +27,8 @@ def load_frames(path: str, resolution: int, max_frames: int, spatial: int) -> tu
     """The first ``max_frames`` frames of ``path`` as uint8 (T, H, W, 3), short side scaled to ``resolution``
     (0: own size) and centre-cropped to multiples of ``spatial``; plus the frame rate. Every problem
     with the file (missing, not a video, hostile sizes, too slow) is a one-line UserError naming it."""
-    from magvit_pl.data.video import center_crop, probe, read_video
+    from magvit_pl.data.transforms import center_crop
+    from magvit_pl.data.video_io import probe, read_video
     from magvit_pl.generate import LOAD_TIMEOUT_S
 
     if not Path(path).is_file():
@@ -75,8 +76,8 @@ def reconstruct(
 
     from magvit_pl.checkpoint import latest_checkpoint
     from magvit_pl.pretrained import load_tokenizer_any, training_clip_frames as clip_frames_of
-    from magvit_pl.data.datamodule import frames_to_tensor
-    from magvit_pl.data.video import write_video
+    from magvit_pl.data.transforms import frames_to_tensor
+    from magvit_pl.data.video_io import write_video
     from magvit_pl.media import video_grid
     from magvit_pl.metrics.reconstruction import COLUMNS, ReconstructionMetrics, pooled_baseline, print_table
 

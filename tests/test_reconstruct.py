@@ -9,7 +9,7 @@ import torch
 
 from magvit_pl.checkpoint import load_tokenizer
 from magvit_pl.cli import main
-from magvit_pl.data.video import read_video
+from magvit_pl.data.video_io import read_video
 from magvit_pl.metrics.frame import VideoPSNR
 from magvit_pl.metrics.reconstruction import pooled_baseline
 

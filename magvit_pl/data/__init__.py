@@ -1,4 +1,5 @@
-"""Data: video I/O (PyAV), webdataset shards, ``prepare``, the synthetic default set, the DataModule.
+"""Data: video I/O (PyAV), frame transforms, webdataset shards, ``prepare``, the synthetic default set,
+the clip stream and the DataModule.
 
 Names are imported lazily (PEP 562), so ``cli.py prepare`` does not pay for importing Lightning.
 ``prepare`` itself is not re-exported, so that ``magvit_pl.data.prepare`` stays the module; call it
@@ -10,12 +11,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "datamodule": ["DATA_ENV", "ShardClips", "VideoDataModule", "default_data_root", "frames_to_tensor",
-                   "read_manifest", "tensor_to_frames"],
+    "datamodule": ["DATA_ENV", "VideoDataModule", "default_data_root"],
+    "loader": ["ClipLoader"],
+    "manifest": ["check_manifest", "read_manifest"],
     "shards": ["decode_sample", "encode_sample", "read_shard", "write_shard"],
+    "stream": ["ClipSpec", "ShardClips"],
     "synthetic": ["ensure_default_dataset", "render_clip"],
-    "video": ["VideoInfo", "VideoReadError", "center_crop", "encode_video", "probe", "random_crop", "read_video",
-              "resize", "resize_short_side", "sample_clip", "write_video"],
+    "transforms": ["center_crop", "clip_indices", "frames_to_tensor", "pixels_to_unit", "random_crop", "resize",
+                   "resize_short_side", "sample_clip", "short_side_size", "tensor_to_frames", "unit_to_pixels"],
+    "video_io": ["VideoInfo", "VideoReadError", "encode_video", "probe", "read_video", "write_video"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + ["SYNTHETIC_CLASSES"]

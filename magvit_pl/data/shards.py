@@ -12,8 +12,9 @@ Shards are written whole to a temporary name and renamed, so a ``*.tar`` that ex
 
 Shards and manifests are files from outside: reading them never runs anything and never trusts a
 number. Shard names are plain file names (:func:`check_shard_name`; webdataset's ``gopen`` would run
-a ``pipe:`` name in a shell, so shards are opened here, as regular files only, never through it);
-every sample's json, payload type, dtype and shape are checked against each other
+a ``pipe:`` name in a shell, so shards are opened here, as regular files only, never through it), and
+are read as plain tar only (webdataset's tar reader opens ``r|*`` and would inflate a compressed
+member of any size; :func:`read_shard` groups members into samples as it does); every sample's json, payload type, dtype and shape are checked against each other
 (:func:`sample_meta`, :func:`decode_sample`) before a frame is used. A bad shard raises
 :class:`ShardError`, a bad sample :class:`SampleError`, both one line naming it.
 """
@@ -34,7 +35,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from magvit_pl.data.video import VideoReadError, check_frame_size, clip_indices, encode_video, to_rgb
+from magvit_pl.data.transforms import clip_indices
+from magvit_pl.data.video_io import VideoReadError, check_frame_size, encode_video, to_rgb
 from magvit_pl.errors import UserError
 from magvit_pl.io import atomic_path
 

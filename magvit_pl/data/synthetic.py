@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from magvit_pl.data.dead_leaves import CLASSES, render_clip
+from magvit_pl.data.pool import die_with_parent
 from magvit_pl.data.shards import (FORMAT_VERSION, StorageFormat, encode_sample, make_key, shard_name, umask_mode,
                                    write_shard)
 from magvit_pl.errors import UserError
@@ -121,7 +124,7 @@ def _is_complete(root: Path, params: dict) -> bool:
 @contextlib.contextmanager
 def _lock(path: Path):
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # Windows: rely on the atomic rename alone
         yield
         return
@@ -157,11 +160,6 @@ def _write_dataset(out: Path, p: dict, workers: int | None) -> None:
     jobs = _shard_jobs(p)
     workers = min(8, os.cpu_count() or 1, len(jobs)) if workers is None else workers
     if workers > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        from magvit_pl.data.prepare import die_with_parent
-
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # workers die with this process: a survivor would hold the dataset lock (inherited) for ever
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:

@@ -10,7 +10,9 @@ import torch
 
 from magvit_pl.data import datamodule as dm_mod
 from magvit_pl.data import synthetic
-from magvit_pl.data.datamodule import VideoDataModule, frames_to_tensor, read_manifest, tensor_to_frames
+from magvit_pl.data.datamodule import VideoDataModule
+from magvit_pl.data.manifest import read_manifest
+from magvit_pl.data.transforms import frames_to_tensor, tensor_to_frames
 from magvit_pl.data.shards import decode_sample, read_shard
 from magvit_pl.errors import MissingFileError, UserError
 
@@ -237,3 +239,46 @@ def test_clips_longer_than_the_videos_fail_clearly(data_dir):
         next(iter(dm.val_dataloader()))
     with pytest.warns(UserWarning, match="skipping sample"), pytest.raises(UserError, match="100 training samples"):
         next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restored_loader_state_continues_the_interrupted_pass(data_dir, workers):
+    """The loader state Lightning saves with a checkpoint places a new loader (a resumed run builds one)
+    so that it hands out exactly the batches the interrupted pass had not handed out yet."""
+    def loader():
+        return _module(data_dir, num_workers=workers, batch_size=2, train_samples_per_epoch=12).train_dataloader()
+
+    first = loader()
+    first.epoch_fn = lambda: 3
+    full = [(b["key"], b["video"]) for b in first]
+    assert len(full) == len(first) == 6 and first.state_dict() == {"epoch": 3, "batches": 6}
+    interrupted = iter(first)
+    for _ in range(4):
+        next(interrupted)
+    state = first.state_dict()
+    assert state == {"epoch": 3, "batches": 4}
+    del interrupted
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [(b["key"], b["video"]) for b in resumed]
+    assert [k for k, _ in rest] == [k for k, _ in full[4:]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, full[4:]))
+    assert resumed.state_dict() == {"epoch": 3, "batches": 6}
+    nxt = [b["key"] for b in resumed]  # without a trainer the passes go on counting from the restored epoch
+    again = loader()
+    again.epoch_fn = lambda: 4
+    assert nxt == [b["key"] for b in again]
+
+    at_end = loader()  # a state saved on the epoch's last batch: the next epoch, from its start
+    at_end.load_state_dict({"epoch": 3, "batches": 6})
+    assert [b["key"] for b in at_end] == nxt
+
+
+def test_a_malformed_loader_state_is_one_line(data_dir):
+    loader = _module(data_dir).train_dataloader()
+    for state in ({"epoch": 1}, {"epoch": "1", "batches": 0}, {"epoch": 1, "batches": -2}, [1, 2],
+                  {"epoch": True, "batches": 0}):
+        with pytest.raises(UserError, match="data-loader state .* is malformed") as info:
+            loader.load_state_dict(state)
+        assert "\n" not in str(info.value)

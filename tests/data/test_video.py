@@ -5,18 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.data.video import (
-    VideoReadError,
-    center_crop,
-    clip_indices,
-    encode_video,
-    probe,
-    random_crop,
-    read_video,
-    resize_short_side,
-    sample_clip,
-    write_video,
-)
+from magvit_pl.data.transforms import center_crop, clip_indices, random_crop, resize_short_side, sample_clip
+from magvit_pl.data.video_io import VideoReadError, encode_video, probe, read_video, write_video
 from magvit_pl.errors import MissingFileError, UserError
 
 

@@ -68,7 +68,7 @@ def test_test_task_family_prints_table_and_writes_results(mtm_run, capsys):
 
 
 def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
-    from magvit_pl.data.video import read_video, write_video
+    from magvit_pl.data.video_io import read_video, write_video
     from magvit_pl.generate import generate
 
     ckpt = str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from magvit_pl.data.shards import encode_sample
-from magvit_pl.data.video import encode_video, read_video
+from magvit_pl.data.video_io import encode_video, read_video
 
 
 @pytest.mark.parametrize("shape,pix_fmt", [((16, 32, 42, 3), "yuv444p"), ((16, 34, 34, 3), "yuv444p"),

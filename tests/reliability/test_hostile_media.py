@@ -16,7 +16,7 @@ import torch
 
 from magvit_pl.data.prepare import prepare
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.data.video import MAX_PIXELS, VideoReadError, read_video
+from magvit_pl.data.video_io import MAX_PIXELS, VideoReadError, read_video
 from magvit_pl.errors import UserError
 from magvit_pl.generate import load_clip
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from magvit_pl.data.video import MAX_PIXELS
+from magvit_pl.data.video_io import MAX_PIXELS
 from magvit_pl.errors import UserError
 from magvit_pl.reconstruct import load_frames
 

@@ -1,27 +1,16 @@
-"""Video I/O with PyAV, and the frame-array helpers the data pipeline is built from.
+"""Video files with PyAV: probe, read (decode), encode, write.
 
-On disk and in this module a video is a uint8 array ``(T, H, W, 3)`` (RGB, channel last). Anything
-the bundled FFmpeg can decode is accepted (mp4, avi, mkv, webm, mpg, gif ...); grayscale, 10-bit and
-4:4:4 sources come out as 8-bit RGB. Every decode failure raises :class:`VideoReadError` with a short
-reason, so a caller (``prepare``) can skip the file and list why.
+A video here is a uint8 array ``(T, H, W, 3)`` (RGB, channel last). Anything the bundled FFmpeg can
+decode is accepted; grayscale, 10-bit and 4:4:4 sources come out as 8-bit RGB, and a display-matrix
+rotation by a multiple of 90 degrees (phones' portrait video) is applied. Every failure is a
+:class:`VideoReadError` with a short reason, so ``prepare`` can skip the file and list why.
 
-Limits that keep a hostile file from exhausting memory or time (all raise VideoReadError):
-
-- frame size: at most ``MAX_PIXELS`` (8192 x 4320, "8K") per source frame, checked on the header
-  before anything is decoded and again by FFmpeg (``max_pixels``) for every frame; an aspect ratio
-  beyond ``MAX_ASPECT`` (16:1) is refused too (scaling a 4096x2 strip to a short side of 128 would
-  make 262144-pixel-wide frames). A 35-byte GIF can claim a 16000x16000 screen: without the check
-  FFmpeg allocates 1 GB for it.
-- decoded output: at most ``max_bytes`` (default ``MAX_BYTES``, 2 GiB) of frames per call; use
-  ``max_frames`` / a lower ``fps`` for longer videos.
-- time: ``timeout_s`` per call (also checked while a variable-frame-rate gap is filled with copies).
-
-Rotation metadata (an mp4 display matrix, as phones write for portrait video) is honoured for
-multiples of 90 degrees, like the ffmpeg command line does: the frames come out as they are shown.
-Other angles and flips are ignored.
-
-The array helpers (``resize_short_side``, ``center_crop``, ``random_crop``, ``sample_clip``) take a
-channel-last ``(..., H, W, C)`` numpy array or torch tensor and return the same type.
+Limits that keep a hostile file from exhausting memory or time (each a VideoReadError): a source
+frame of at most ``MAX_PIXELS`` (8K; checked on the header before anything is decoded, since a
+35-byte GIF can claim a 16000x16000 screen, and by FFmpeg for every frame) and an aspect ratio within
+``MAX_ASPECT`` (scaling a 4096x2 strip to a short side of 128 would make 262144-pixel-wide frames);
+at most ``max_bytes`` of decoded frames per call; ``timeout_s`` per call. Frame transforms (resize,
+crops, clips) are in :mod:`magvit_pl.data.transforms`.
 """
 from __future__ import annotations
 
@@ -31,20 +20,17 @@ import os
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from magvit_pl.data.transforms import short_side_size
 from magvit_pl.errors import MissingFileError, UserError
 from magvit_pl.io import atomic_path
 
-if TYPE_CHECKING:
-    import torch
-
 Source = Union[str, os.PathLike, bytes]
-Frames = Union[np.ndarray, "torch.Tensor"]  # torch is imported only when a resize needs it
 
 MAX_PIXELS = 8192 * 4320  # largest source frame read_video decodes (8K DCI)
 MAX_ASPECT = 16  # largest long side / short side ratio
@@ -170,10 +156,6 @@ def read_video(
             shrinking, bicubic when enlarging). Memory then never holds full-size frames.
         max_bytes: Give up with a VideoReadError once the decoded frames would exceed this many
             bytes (None: no limit).
-
-    Frames larger than MAX_PIXELS or with an aspect ratio beyond MAX_ASPECT are refused before
-    decoding (see the module docstring); a display-matrix rotation by a multiple of 90 degrees is
-    applied.
     """
     if fps is not None and fps <= 0:
         raise UserError(f"fps must be positive or None, got {fps}")
@@ -192,24 +174,18 @@ def read_video(
         cc.options = {"max_pixels": str(MAX_PIXELS)}  # and FFmpeg refuses bigger frames the header hid
         stream.thread_type = "AUTO"
         cc.thread_count = threads
-        frames, declared, decoded, at_end = _decode(container, stream, name, fps, max_frames, start, deadline,
-                                                    short_side, max_bytes)
+        out = _Frames(name, short_side, deadline, max_bytes, max_frames)
+        decoded, at_end = _decode(container, stream, out, fps, start)
+        declared = int(stream.frames or 0)
     finally:
         container.close()
+    frames = out.frames
     if not frames:
         raise VideoReadError(name, "zero frames decoded")
     # A stream that ends well before the frame count its header declares was cut off.
     if at_end and start == 0 and declared > 1 and decoded < 0.9 * declared:
         raise VideoReadError(name, f"truncated: decoded {decoded} of {declared} frames the header declares")
     return np.stack(frames)
-
-
-def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) with the shorter side = ``short_side`` and the longer side scaled to keep the
-    aspect ratio, rounded to an even number (>= short_side)."""
-    if height <= width:
-        return short_side, max(short_side, 2 * round(width * short_side / height / 2))
-    return max(short_side, 2 * round(height * short_side / width / 2)), short_side
 
 
 def to_rgb(frame: av.VideoFrame, reformatter: VideoReformatter, short_side: int | None = None) -> np.ndarray:
@@ -220,7 +196,7 @@ def to_rgb(frame: av.VideoFrame, reformatter: VideoReformatter, short_side: int 
     """
     if short_side is None:
         return reformatter.reformat(frame, format="rgb24").to_ndarray()
-    h, w = scaled_size(frame.height, frame.width, short_side)
+    h, w = short_side_size(frame.height, frame.width, short_side, multiple=2)
     interp = "AREA" if h * w < frame.height * frame.width else "BICUBIC"
     return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
 
@@ -237,9 +213,72 @@ def _rotation(frame: av.VideoFrame) -> int:
     return (round(angle) // 90) % 4
 
 
-def _decode(container, stream, name, fps, max_frames, start, deadline, short_side, max_bytes):
-    """The decode loop of read_video: returns (rgb frames, declared frame count, decoded count,
-    whether the stream was read to its end)."""
+@dataclasses.dataclass
+class _Frames:
+    """The RGB frames read_video keeps, converted as they are chosen, within its time and size limits."""
+
+    name: str
+    short_side: int | None
+    deadline: float | None
+    max_bytes: int | None
+    max_frames: int | None
+    frames: list[np.ndarray] = dataclasses.field(default_factory=list)
+    nbytes: int = 0
+    reformatter: VideoReformatter = dataclasses.field(default_factory=VideoReformatter)
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoReadError(self.name, "timed out while decoding")
+
+    @property
+    def full(self) -> bool:
+        return self.max_frames is not None and len(self.frames) >= self.max_frames
+
+    def add(self, frame: av.VideoFrame) -> None:
+        self.check_time()
+        check_frame_size(self.name, frame.height, frame.width)
+        arr = to_rgb(frame, self.reformatter, self.short_side)
+        turns = _rotation(frame)
+        if turns:
+            arr = np.ascontiguousarray(np.rot90(arr, turns))
+        self.nbytes += arr.nbytes
+        if self.max_bytes is not None and self.nbytes > self.max_bytes:
+            raise VideoReadError(self.name, f"too long: the decoded frames pass {self.max_bytes / 2**20:.0f} MiB after "
+                                            f"{len(self.frames)} frames; limit them with max_frames / fps")
+        self.frames.append(arr)
+
+
+@dataclasses.dataclass
+class _Resampler:
+    """Output frames at ``fps``: each target time ``start + k / fps`` takes the decoded frame whose
+    timestamp is nearest (the earlier one on a tie); works for variable frame rates."""
+
+    fps: float
+    start: float
+    prev: tuple[float, av.VideoFrame] | None = None  # (time, frame) of the last decoded frame
+    next_k: int = 0  # index of the next target time
+    last_end: float = 0.0  # when the last decoded frame stops being shown
+
+    def push(self, t: float, end: float, frame: av.VideoFrame, out: _Frames) -> None:
+        """Emit every target time the decoded ``frame`` (shown from ``t`` to ``end``) is past."""
+        self.last_end = end
+        while self.start + self.next_k / self.fps <= t and not out.full:
+            target = self.start + self.next_k / self.fps
+            near = self.prev if self.prev is not None and target - self.prev[0] <= t - target + 1e-9 else (t, frame)
+            out.add(near[1])
+            self.next_k += 1
+        self.prev = (t, frame)
+
+    def finish(self, out: _Frames) -> None:
+        """Targets after the last frame's timestamp but before it ends take the last frame."""
+        while self.prev is not None and not out.full and self.start + self.next_k / self.fps < self.last_end - 1e-9:
+            out.add(self.prev[1])
+            self.next_k += 1
+
+
+def _decode(container, stream, out: _Frames, fps: float | None, start: float) -> tuple[int, bool]:
+    """The decode loop of read_video: fills ``out``; returns (frames decoded, whether the stream was
+    read to its end)."""
     tb = stream.time_base or Fraction(1, 1)
     t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
     src_rate = _stream_fps(stream) or 25.0
@@ -248,68 +287,29 @@ def _decode(container, stream, name, fps, max_frames, start, deadline, short_sid
             container.seek(int((start + t0) / tb), stream=stream, backward=True)
         except av.error.FFmpegError:
             pass  # not seekable: decode from the beginning and skip
-    out: list[np.ndarray] = []
-    reformatter = VideoReformatter()
-    nbytes = 0
-
-    def rgb(frame: av.VideoFrame) -> np.ndarray:
-        nonlocal nbytes
-        if deadline is not None and time.monotonic() > deadline:
-            raise VideoReadError(name, "timed out while decoding")
-        check_frame_size(name, frame.height, frame.width)
-        arr = to_rgb(frame, reformatter, short_side)
-        turns = _rotation(frame)
-        if turns:
-            arr = np.ascontiguousarray(np.rot90(arr, turns))
-        nbytes += arr.nbytes
-        if max_bytes is not None and nbytes > max_bytes:
-            raise VideoReadError(name, f"too long: the decoded frames pass {max_bytes / 2**20:.0f} MiB after "
-                                       f"{len(out)} frames; limit them with max_frames / fps")
-        return arr
-
-    decoded = 0
-    prev = None  # (time, frame) of the last decoded frame
-    next_k = 0  # index of the next target time when resampling
-    last_end = None
-    at_end = False
+    resampler = _Resampler(fps, start) if fps is not None else None
+    decoded, at_end = 0, False
     try:
         for frame in container.decode(stream):
-            if deadline is not None and time.monotonic() > deadline:
-                raise VideoReadError(name, "timed out while decoding")
+            out.check_time()
             decoded += 1
             t = (float(frame.time) - t0) if frame.time is not None else (decoded - 1) / src_rate
             dur = float(frame.duration * tb) if frame.duration else 1.0 / src_rate
-            last_end = t + dur
-            if fps is None:
-                if t + 0.5 * dur <= start:
-                    continue
-                out.append(rgb(frame))
-            else:
-                # emit every target time this frame is past, choosing the nearer of prev / this frame
-                while start + next_k / fps <= t:
-                    target = start + next_k / fps
-                    near = prev if prev is not None and target - prev[0] <= t - target + 1e-9 else (t, frame)
-                    out.append(rgb(near[1]))
-                    next_k += 1
-                    if max_frames is not None and len(out) >= max_frames:
-                        break
-                prev = (t, frame)
-            if max_frames is not None and len(out) >= max_frames:
+            if resampler is not None:
+                resampler.push(t, t + dur, frame, out)
+            elif t + 0.5 * dur > start:
+                out.add(frame)
+            if out.full:
                 break
         else:
             at_end = True
     except av.error.FFmpegError as e:
-        if deadline is not None and time.monotonic() > deadline:  # FFmpeg's own interrupt fired
-            raise VideoReadError(name, "timed out while decoding") from None
-        raise VideoReadError(name, f"truncated/corrupt: decode error after {decoded} frames ({_msg(e)})") from None
-    if fps is not None and prev is not None and (max_frames is None or len(out) < max_frames):
-        # targets after the last frame's timestamp but before it ends take the last frame
-        while start + next_k / fps < last_end - 1e-9:
-            out.append(rgb(prev[1]))
-            next_k += 1
-            if max_frames is not None and len(out) >= max_frames:
-                break
-    return out, int(stream.frames or 0), decoded, at_end
+        if out.deadline is not None and time.monotonic() > out.deadline:  # FFmpeg's own interrupt fired
+            raise VideoReadError(out.name, "timed out while decoding") from None
+        raise VideoReadError(out.name, f"truncated/corrupt: decode error after {decoded} frames ({_msg(e)})") from None
+    if resampler is not None:
+        resampler.finish(out)
+    return decoded, at_end
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,97 +415,3 @@ def _encode_gif(buf, frames, fps):
             except (av.error.EOFError, av.error.BlockingIOError):
                 break
         out.mux(stream.encode(None))
-
-
-# ----------------------------------------------------------------------------------------------
-# clip sampling and spatial helpers (channel-last numpy or torch)
-
-
-def clip_indices(num_available: int, num_frames: int, stride: int = 1, start: int | None = None,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Frame indices of a clip of ``num_frames`` frames taken every ``stride`` frames.
-
-    ``start=None`` picks a uniformly random start with ``rng`` (or the centred clip when ``rng`` is
-    None). Raises ValueError when the video is shorter than the clip span.
-    """
-    span = (num_frames - 1) * stride + 1
-    if num_frames < 1 or stride < 1:
-        raise ValueError(f"num_frames and stride must be >= 1, got {num_frames}, {stride}")
-    if num_available < span:
-        raise ValueError(f"too short: {num_available} frames < {span} (num_frames={num_frames}, stride={stride})")
-    last = num_available - span
-    if start is None:
-        start = int(rng.integers(0, last + 1)) if rng is not None else last // 2
-    if not 0 <= start <= last:
-        raise ValueError(f"clip start {start} out of range [0, {last}]")
-    return start + stride * np.arange(num_frames)
-
-
-def sample_clip(frames: Frames, num_frames: int, stride: int = 1, start: int | None = None,
-                rng: np.random.Generator | None = None) -> Frames:
-    """Take ``num_frames`` frames every ``stride`` from ``frames`` (time first); see clip_indices."""
-    idx = clip_indices(len(frames), num_frames, stride, start, rng)
-    return frames[int(idx[0]) : int(idx[-1]) + 1 : stride]
-
-
-def resize_short_side(frames: Frames, size: int, max_long: int | None = None) -> Frames:
-    """Resize ``(..., H, W, C)`` frames so the shorter side is ``size`` (keeping the aspect ratio;
-    the long side is rounded, and capped at ``max_long`` if given).
-
-    Downscaling uses antialiased bilinear filtering (no aliasing on fine textures); upscaling plain
-    bilinear. uint8 in -> uint8 out (rounded); float stays float. numpy in -> numpy out.
-    """
-    h, w = frames.shape[-3], frames.shape[-2]
-    if h <= w:
-        new_h, new_w = size, max(1, round(w * size / h))
-    else:
-        new_h, new_w = max(1, round(h * size / w)), size
-    if max_long is not None:
-        new_h, new_w = min(new_h, max_long), min(new_w, max_long)
-    return resize(frames, new_h, new_w)
-
-
-def resize(frames: Frames, height: int, width: int) -> Frames:
-    """Resize ``(..., H, W, C)`` frames to ``height x width`` (antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = frames.shape[-3], frames.shape[-2]
-    if (h, w) == (height, width):
-        return frames
-    is_numpy = isinstance(frames, np.ndarray)
-    x = torch.from_numpy(np.ascontiguousarray(frames)) if is_numpy else frames
-    dtype, lead = x.dtype, x.shape[:-3]
-    x = x.reshape(-1, h, w, x.shape[-1]).permute(0, 3, 1, 2).float()  # (N, C, H, W)
-    shrink = height < h or width < w
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
-    x = x.permute(0, 2, 3, 1).reshape(*lead, height, width, -1)  # (..., H', W', C)
-    if dtype == torch.uint8:
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-    else:
-        x = x.to(dtype)
-    return x.numpy() if is_numpy else x
-
-
-def _crop_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def center_crop(frames: Frames, size: int | tuple[int, int]) -> Frames:
-    """Crop the central ``size`` (int for a square, or (h, w)) of ``(..., H, W, C)`` frames."""
-    ch, cw = _crop_size(size)
-    h, w = frames.shape[-3], frames.shape[-2]
-    if ch > h or cw > w:
-        raise ValueError(f"crop {ch}x{cw} is larger than the frames {h}x{w}; resize first")
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return frames[..., top : top + ch, left : left + cw, :]
-
-
-def random_crop(frames: Frames, size: int | tuple[int, int], rng: np.random.Generator) -> Frames:
-    """Crop ``size`` at a uniformly random position (the same for every frame)."""
-    ch, cw = _crop_size(size)
-    h, w = frames.shape[-3], frames.shape[-2]
-    if ch > h or cw > w:
-        raise ValueError(f"crop {ch}x{cw} is larger than the frames {h}x{w}; resize first")
-    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return frames[..., top : top + ch, left : left + cw, :]
