@@ -227,7 +227,7 @@ HANG = textwrap.dedent('''
             self.marker = marker
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             marker = self.marker
-            def hang(self, sample, rng):
+            def hang(self, sample, rng, start=None):
                 pathlib.Path(marker).touch()
                 time.sleep(3600)
             datamodule.ShardClips._clip = hang
