@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ckpt", action="append", required=True, help="tokenizer checkpoint (repeat to compare)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", type=Path, help="folder of videos (e.g. ../shared/data/clips)")
-    src.add_argument("--shards", type=Path, help="prepared shard folder (e.g. data/shards/synthetic-16x32)")
+    src.add_argument("--shards", type=Path, help="prepared shard folder (e.g. data/shards/dead_leaves-16x32)")
     ap.add_argument("--split", default="val", help="with --shards: the split to read")
     ap.add_argument("--num_frames", type=int, default=8)
     ap.add_argument("--resolution", type=int, default=32)

@@ -15,9 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = [
     "--model.init_args.tokenizer.init_args.base_channels", "8",
-    "--model.init_args.tokenizer.init_args.embedding_dim", "16",
-    "--model.init_args.tokenizer.init_args.quantizer.init_args.embedding_dim", "16",
-    "--model.init_args.tokenizer.init_args.quantizer.init_args.codebook_size", "64",
+    "--model.init_args.tokenizer.init_args.embedding_dim", "6",
+    "--model.init_args.tokenizer.init_args.quantizer.init_args.dim", "6",  # LFQ: 64 codes
     "--model.init_args.discriminator.init_args.base_channels", "4",
     "--model.init_args.disc_start_step", "1",
     "--model.init_args.warmup_steps", "1",

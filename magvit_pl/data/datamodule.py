@@ -121,10 +121,8 @@ class VideoDataModule(L.LightningDataModule):
         """The shard folder this module reads."""
         if self.data_dir is not None:
             return Path(self.data_dir)
-        kw = self.synthetic_kwargs()
-        name = "synthetic" if kw == {"num_frames": 16, "resolution": 64} else \
-            f"synthetic-{kw['num_frames']}x{kw['resolution']}"
-        return default_data_root() / name
+        kw = self.synthetic_kwargs()  # named by generator and size: a set made by an older generator stays apart
+        return default_data_root() / f"{synthetic.GENERATOR}-{kw['num_frames']}x{kw['resolution']}"
 
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if it is used and absent; check a given data_dir."""

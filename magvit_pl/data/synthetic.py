@@ -65,7 +65,7 @@ def generate(split: str, count: int, seed: int = 0, num_frames: int = 16, size: 
 # the dataset on disk
 
 
-def default_params(num_train: int = 512, num_val: int = 64, num_test: int = 64, num_frames: int = 16,
+def default_params(num_train: int = 2048, num_val: int = 64, num_test: int = 64, num_frames: int = 16,
                    resolution: int = 64, seed: int = 0, shard_size: int = 64,
                    storage: StorageFormat = "mp4", fps: float = 8.0) -> dict:
     """The generator settings recorded in the manifest (a dataset on disk is reused only if equal)."""
@@ -73,7 +73,7 @@ def default_params(num_train: int = 512, num_val: int = 64, num_test: int = 64, 
                 resolution=resolution, seed=seed, shard_size=shard_size, storage=storage, fps=fps)
 
 
-def ensure_default_dataset(root: str | os.PathLike = "data/shards/synthetic", num_train: int = 512,
+def ensure_default_dataset(root: str | os.PathLike = "data/shards/dead_leaves", num_train: int = 2048,
                            num_val: int = 64, num_test: int = 64, num_frames: int = 16, resolution: int = 64,
                            seed: int = 0, shard_size: int = 64, storage: StorageFormat = "mp4",
                            fps: float = 8.0, workers: int | None = None) -> Path:
@@ -99,7 +99,7 @@ def ensure_default_dataset(root: str | os.PathLike = "data/shards/synthetic", nu
                             f"pick another folder")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
         try:
-            _write_dataset(tmp, params, workers)
+            _write_dataset(tmp, params, workers, name=root.name)
             umask_mode(tmp, directory=True)
             try:
                 os.rename(tmp, root)
@@ -155,18 +155,26 @@ def _write_synthetic_shard(out: Path, p: dict, split: str, index: int, first: in
     write_shard(out / shard_name(split, index), samples)
 
 
-def _write_dataset(out: Path, p: dict, workers: int | None) -> None:
+def _write_dataset(out: Path, p: dict, workers: int | None, name: str | None = None) -> None:
+    """Render and encode every shard into ``out`` and write its manifest (``name``: the folder it becomes)."""
+    from magvit_pl.data.prepare_report import Progress
+
     t0 = time.perf_counter()
     jobs = _shard_jobs(p)
     workers = min(8, os.cpu_count() or 1, len(jobs)) if workers is None else workers
-    if workers > 1:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        # workers die with this process: a survivor would hold the dataset lock (inherited) for ever
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            list(pool.map(_write_synthetic_shard, *zip(*[(out, p, *job) for job in jobs])))
-    else:
-        for job in jobs:
-            _write_synthetic_shard(out, p, *job)
+    quiet = "PYTEST_CURRENT_TEST" in os.environ  # a bar per test fixture is noise
+    with Progress(len(jobs), quiet, f"generating {name or out.name} ({sum(j[3] for j in jobs)} clips, once)") as bar:
+        if workers > 1:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            # workers die with this process: a survivor would hold the dataset lock (inherited) for ever
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
+                for job, _ in zip(jobs, pool.map(_write_synthetic_shard, *zip(*[(out, p, *job) for job in jobs]))):
+                    bar.advance(shard_name(job[0], job[1]), "ok")
+        else:
+            for job in jobs:
+                _write_synthetic_shard(out, p, *job)
+                bar.advance(shard_name(job[0], job[1]), "ok")
     splits: dict[str, dict] = {}
     for split, index, first, count in jobs:
         entry = splits.setdefault(split, {"count": 0, "frames": 0, "shards": []})
@@ -178,7 +186,7 @@ def _write_dataset(out: Path, p: dict, workers: int | None) -> None:
         fh.write("".join(f"{c}\n" for c in CLASSES))
     write_json(out / "manifest.json", {
         "format_version": FORMAT_VERSION,
-        "name": out.name,
+        "name": name or out.name,
         "created_by": "magvit_pl.data.synthetic",
         "settings": {"resolution": p["resolution"], "fps": p["fps"], "storage": p["storage"],
                      "preset": ENCODER_PRESET},

@@ -64,7 +64,7 @@ def test_bad_checkpoint_files_are_one_line(kind, tmp_path, checkpoints, cli_erro
     ("--model.init_args.lr", "-1", "model.lr=-1.0: must be a finite number > 0"),
     ("--model.init_args.betas", "[0.9, 1.5]", "model.betas=[0.9, 1.5]: each entry must be a finite number in [0, 1)"),
     ("--model.init_args.tokenizer.init_args.base_channels", "0", "tokenizer.base_channels=0: must be a finite number >= 1"),
-    ("--model.init_args.tokenizer.init_args.quantizer.init_args.codebook_size", "1", "quantizer.codebook_size=1: must be a finite number >= 2"),
+    ("--model.init_args.tokenizer.init_args.quantizer.init_args.entropy_weight", "-1", "quantizer.entropy_weight=-1.0: must be a finite number >= 0"),
     ("--model.init_args.discriminator.init_args.base_channels", "0", "discriminator.base_channels=0: must be a finite number >= 1"),
 ])
 def test_bad_values_are_one_line_and_leave_no_run(option, value, says, tmp_path, cli_error, tiny_tokenizer_args, data_args):
