@@ -210,9 +210,11 @@ def conv3d_add(x: Tensor, conv: torch.nn.Conv3d, padding: tuple[int, int, int], 
 
 # ---------------------------------------------------------------- normalisation
 def norm_silu(norm: torch.nn.Module, x: Tensor) -> Tensor:
-    """``F.silu(norm(x))``; the SiLU runs in place when nothing needs the normalised tensor for backward."""
+    """``F.silu(norm(x))``; the SiLU runs in place when nothing needs the normalised tensor for backward and
+    the normalised tensor is a new one (an identity norm, ``norm_groups=0``, hands back ``x`` itself, which the
+    caller still needs for the residual)."""
     h = norm(x)
-    if fast_cpu(x) and not (torch.is_grad_enabled() and h.requires_grad):
+    if h is not x and fast_cpu(x) and not (torch.is_grad_enabled() and h.requires_grad):
         return F.silu(h, inplace=True)
     return F.silu(h)
 
