@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         from magvit_pl.media import save_frames_png
 
         save_frames_png(args.grid, [clips, base, *recons], args.grid_clips)
-        print(f"grid: {args.grid} (rows: original, baseline, {', '.join(Path(p).name for p in args.ckpt)})")
+        print(f"grid: {args.grid} (rows: original, baseline, {', '.join(str(p) for p in args.ckpt)})")
     return out
 
 

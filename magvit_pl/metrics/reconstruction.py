@@ -103,12 +103,12 @@ def print_table(rows: dict[str, dict], title: str, extra: Sequence[tuple[str, st
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("model", no_wrap=True)
+    table.add_column("model", overflow="fold")  # long checkpoint paths wrap instead of squeezing the numbers
     for _, header, _ in (*columns, *extra):
         table.add_column(header, justify="right")
     for name, r in rows.items():
         table.add_row(name, *("–" if r.get(key) is None else format(r[key], fmt) for key, _, fmt in (*columns, *extra)))
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # a pipe or a log file gets 120 columns, not 80
     console.print(table)
     skipped = {k: v for r in rows.values() for k, v in r.get("skipped", {}).items()}
     for k, v in skipped.items():
