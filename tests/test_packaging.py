@@ -77,3 +77,17 @@ def test_a_users_tasks_package_neither_shadows_nor_is_trusted(tmp_path):
     assert out["frame_prediction"] == "magvit_pl_tasks.prediction"
     assert out["allowed"] == []  # task classes are not buildable modules, and a module prefix trusts nothing
     assert not ran.exists(), f"the user's {ran.read_text()} ran"
+
+
+# ---- 14: DeepSpeed and xformers are separate extras; neither pins torch itself
+
+def test_gpu_extras_are_split():
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert [re.split(r"[<>=!~ \[]", r)[0] for r in extras["deepspeed"]] == ["deepspeed"]
+    assert [re.split(r"[<>=!~ \[]", r)[0] for r in extras["xformers"]] == ["xformers"]
+    assert extras["gpu"] == ["magvit-pl[deepspeed,xformers]"]  # the old name still means both
+    assert not any(r.startswith("torch") for reqs in extras.values() for r in reqs)
+    text = readme()
+    for extra in ("deepspeed", "xformers"):
+        assert f'.[{extra}]' in text, extra
+    assert "xformers" in text and "matching your torch" in text
