@@ -91,3 +91,23 @@ def test_gpu_extras_are_split():
     for extra in ("deepspeed", "xformers"):
         assert f'.[{extra}]' in text, extra
     assert "xformers" in text and "matching your torch" in text
+
+
+# ---- 15: the two README commands stay exactly as they are; the CPU index names the constraint's torch
+
+TWO_COMMANDS = (
+    'python3 -m venv .venv && .venv/bin/pip install -c requirements/cpu-constraints.txt -e . && .venv/bin/python cli.py fit --config configs/tokenizer.yaml',
+    'python3 -m venv .venv && .venv/bin/pip install -c requirements/cpu-constraints.txt -e ".[dev]" && (.venv/bin/python cli.py fetch-weights all || echo "weights not fetched: the tests that need them will skip") && .venv/bin/python -m pytest -q --durations=15',
+)
+
+
+def test_readme_cpu_install_names_the_cpu_index_and_the_pinned_torch():
+    text = readme()
+    for command in TWO_COMMANDS:
+        assert f"```bash\n{command}\n```" in text
+    pins = [line.strip() for line in (REPO / "requirements" / "cpu-constraints.txt").read_text().splitlines()
+            if line.strip().startswith("torch==")]
+    assert len(pins) == 1
+    cpu_index = "--index-url https://download.pytorch.org/whl/cpu"
+    lines = [line for line in text.splitlines() if cpu_index in line]
+    assert lines and all(pins[0] in line for line in lines), (pins, lines)
