@@ -111,3 +111,38 @@ def test_readme_cpu_install_names_the_cpu_index_and_the_pinned_torch():
     cpu_index = "--index-url https://download.pytorch.org/whl/cpu"
     lines = [line for line in text.splitlines() if cpu_index in line]
     assert lines and all(pins[0] in line for line in lines), (pins, lines)
+
+
+# ---- 16: LICENSE, CITATION.cff and pyproject agree
+
+def test_license_file_is_the_declared_apache_2_license():
+    project = pyproject()["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    sections = re.findall(r"^   (\d)\. ([A-Z][\w ]+)\.", text, flags=re.M)
+    assert [int(n) for n, _ in sections] == list(range(1, 10))
+    assert sections[-1][1] == "Accepting Warranty or Additional Liability"
+    assert "END OF TERMS AND CONDITIONS" in text
+    build = pyproject()["build-system"]["requires"]
+    assert build == ["setuptools>=77"]  # the first setuptools that reads an SPDX license and license-files
+
+
+def test_citation_cff_cites_this_project_and_the_paper():
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["title"].startswith("magvit-pl") and cff["message"] and cff["authors"]
+    assert cff["license"] == pyproject()["project"]["license"]
+    assert str(cff["version"]) == pyproject()["project"]["version"]
+    paper = cff["preferred-citation"]
+    assert paper["type"] == "conference-paper"
+    assert paper["title"] == "MAGVIT: Masked Generative Video Transformer"
+    assert paper["year"] == 2023 and "CVPR" in paper["conference"]["name"]
+    authors = [f"{a['given-names']} {a['family-names']}" for a in paper["authors"]]
+    assert authors == ["Lijun Yu", "Yong Cheng", "Kihyuk Sohn", "José Lezama", "Han Zhang", "Huiwen Chang",
+                       "Alexander G. Hauptmann", "Ming-Hsuan Yang", "Yuan Hao", "Irfan Essa", "Lu Jiang"]
+    ids = {i["type"]: str(i["value"]) for i in paper["identifiers"]}
+    assert ids == {"other": "arXiv:2212.05199", "doi": "10.48550/arXiv.2212.05199"}
+    assert paper["url"] == "https://arxiv.org/abs/2212.05199"
