@@ -61,7 +61,7 @@ DS_OPTIM_STATES = "*_optim_states.pt"
 # Python instead of the CLI lack it
 CLASS_PATHS = {"tokenizer": "magvit_pl.lit.tokenizer.TokenizerModule", "mtm": "magvit_pl.lit.mtm.MTMModule"}
 KIND_NAMES = {"lightning": "a Lightning checkpoint file", "deepspeed": "a DeepSpeed folder", "fsdp": "an FSDP sharded folder"}
-DS_INSTALL = 'pip install -e ".[gpu]" (on a CPU-only machine: pip install deepspeed)'
+DS_INSTALL = 'pip install "magvit-pl[deepspeed]" (on a CPU-only machine: pip install deepspeed)'
 
 
 def detect_kind(path: str | os.PathLike) -> str:

@@ -16,7 +16,7 @@ and rewrites two settings in place, saying so in the log (a warning for the firs
 What is refused:
 
 * a DeepSpeed strategy without a CUDA GPU (DeepSpeed runs on CUDA only), or without the
-  ``deepspeed`` package (``pip install -e '.[gpu]'``);
+  ``deepspeed`` package (``pip install 'magvit-pl[deepspeed]'``);
 * a DeepSpeed strategy for training the tokenizer. Lightning's ``DeepSpeedStrategy`` hands exactly one
   optimizer to ``deepspeed.initialize``: ``_init_optimizers`` raises "DeepSpeed currently only supports
   single optimizer, single optional scheduler" (lightning/pytorch/strategies/deepspeed.py), and
@@ -129,7 +129,7 @@ def _check_deepspeed(strategy: str, model_class_path: str | None, accelerator: s
         where = "accelerator is cpu" if accelerator == "cpu" else "no CUDA GPU is visible"
         raise UserError(f"strategy {strategy} needs CUDA GPUs (DeepSpeed runs on CUDA only) but {where}; on CPU use {CPU_CONFIGS}")
     if not _deepspeed_installed():
-        raise UserError(f"strategy {strategy} needs the deepspeed package, which is not installed: pip install -e '.[gpu]'")
+        raise UserError(f"strategy {strategy} needs the deepspeed package, which is not installed: pip install 'magvit-pl[deepspeed]'")
 
 
 def _find_unused_for_gan(trainer_cfg: Any, strategy_value: Any, strategy: str, accelerator: str) -> None:

@@ -14,7 +14,8 @@ for a whole run (``num_cond_frames``, ``latent_rule``) reach only the tasks whos
 them: a plugin that needs neither declares neither.
 
 Tasks are plugins, loaded explicitly (pluggy-style) from the entry-point group ``magvit_pl.tasks``;
-the ten built-ins in the ``tasks`` package are registered exactly like third-party ones::
+the ten built-ins (the folder ``tasks/``, installed as the import package ``magvit_pl_tasks`` so that no
+user's ``tasks`` module can stand in for them) are registered exactly like third-party ones::
 
     [project.entry-points."magvit_pl.tasks"]
     my_task = "my_pkg.tasks:MyTask"          # entry-point name == MyTask.name

@@ -2,7 +2,8 @@
 
 They are plugins like any other: registered under the entry-point group ``magvit_pl.tasks`` in
 pyproject.toml and loaded through :mod:`magvit_pl.tasks`; importing this package imports none of
-them. Families: ``prediction`` (frame_prediction, class_frame_prediction), ``interpolation``
+them. This folder installs as the import package ``magvit_pl_tasks`` (pyproject's ``package-dir``):
+a top-level ``tasks`` would be shadowed by PyPI's ``tasks`` or by any ``tasks.py`` on the user's path. Families: ``prediction`` (frame_prediction, class_frame_prediction), ``interpolation``
 (frame_interpolation), ``outpainting`` (outpainting_central/vertical/horizontal/dynamic),
 ``inpainting`` (inpainting_central/dynamic), ``generation`` (class_generation).
 """

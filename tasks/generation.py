@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.tasks import Condition, Task, build_fvd
-from tasks._common import BLACK, check_pad_value, check_video
+from magvit_pl_tasks._common import BLACK, check_pad_value, check_video
 
 
 class ClassGeneration(Task):

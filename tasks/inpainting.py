@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.tasks import LatentRule
-from tasks._common import BLACK, RegionTask, centre, check_pad_value, fill_outside, sliding_stripe
+from magvit_pl_tasks._common import BLACK, RegionTask, centre, check_pad_value, fill_outside, sliding_stripe
 
 
 class _Inpainting(RegionTask):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.tasks import LatentRule, TaskError
-from tasks._common import BLACK, RegionTask, centre, check_pad_value, fill_outside, replicate_outside, sliding_stripe
+from magvit_pl_tasks._common import BLACK, RegionTask, centre, check_pad_value, fill_outside, replicate_outside, sliding_stripe
 
 
 class _StaticOutpainting(RegionTask):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.tasks import Condition
-from tasks._common import FrameTask, frames_given, repeat_last_given
+from magvit_pl_tasks._common import FrameTask, frames_given, repeat_last_given
 
 
 class FramePrediction(FrameTask):

@@ -298,7 +298,7 @@ def test_deepspeed_folder_without_deepspeed_names_the_install_command(tmp_path, 
     for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         (folder / "checkpoint" / name).write_bytes(b"")
     monkeypatch.setattr(export_module, "_deepspeed_available", lambda: False)
-    with pytest.raises(UserError, match=r'DeepSpeed checkpoint; consolidating it needs the deepspeed package: pip install -e "\.\[gpu\]"'):
+    with pytest.raises(UserError, match=r'DeepSpeed checkpoint; consolidating it needs the deepspeed package: pip install "magvit-pl\[deepspeed\]"'):
         export(str(folder), str(tmp_path / "out.ckpt"))
     (folder / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     with pytest.raises(UserError, match=r"no \*_optim_states.pt in"):

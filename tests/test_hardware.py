@@ -62,7 +62,7 @@ def test_deepspeed_string_on_cpu_accelerator_is_refused_even_with_cuda(cuda, str
 
 def test_deepspeed_without_the_package_names_the_install_command(cuda, monkeypatch):
     monkeypatch.setattr(hardware, "_deepspeed_installed", lambda: False)
-    with pytest.raises(UserError, match=r"deepspeed package, which is not installed: pip install -e '\.\[gpu\]'"):
+    with pytest.raises(UserError, match=r"deepspeed package, which is not installed: pip install 'magvit-pl\[deepspeed\]'"):
         check_trainer_config(trainer_of("mtm.yaml", "hardware/deepspeed_zero2.yaml"), MTM)
 
 

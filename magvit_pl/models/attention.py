@@ -62,7 +62,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         _warn_once(f"tensors are on {torch.device(device).type}, xformers needs CUDA")
         return "sdpa"
     if _xformers_ops() is None:
-        _warn_once("xformers is not installed; pip install 'magvit-pl[gpu]'")
+        _warn_once("xformers is not installed; pip install 'magvit-pl[xformers]' (the build matching your torch: README, Install)")
         return "sdpa"
     return "xformers"
 

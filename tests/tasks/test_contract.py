@@ -13,9 +13,9 @@ import magvit_pl.tasks as T
 from magvit_pl.errors import MissingWeightsError
 from magvit_pl.metrics.masked import MaskedPSNR, MaskedSSIM
 from magvit_pl.tasks import Condition, Task, TaskError, pool_mask
-from tasks.generation import ClassGeneration
-from tasks.outpainting import OutpaintingCentral
-from tasks.prediction import FramePrediction
+from magvit_pl_tasks.generation import ClassGeneration
+from magvit_pl_tasks.outpainting import OutpaintingCentral
+from magvit_pl_tasks.prediction import FramePrediction
 
 CLIPS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "clips"
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from magvit_pl.tasks import pool_mask
-from tasks.generation import ClassGeneration
-from tasks.inpainting import InpaintingCentral, InpaintingDynamic
-from tasks.interpolation import FrameInterpolation
-from tasks.outpainting import OutpaintingCentral, OutpaintingDynamic, OutpaintingHorizontal, OutpaintingVertical
-from tasks.prediction import ClassFramePrediction, FramePrediction
+from magvit_pl_tasks.generation import ClassGeneration
+from magvit_pl_tasks.inpainting import InpaintingCentral, InpaintingDynamic
+from magvit_pl_tasks.interpolation import FrameInterpolation
+from magvit_pl_tasks.outpainting import OutpaintingCentral, OutpaintingDynamic, OutpaintingHorizontal, OutpaintingVertical
+from magvit_pl_tasks.prediction import ClassFramePrediction, FramePrediction
 
 ALL = [FramePrediction, ClassFramePrediction, FrameInterpolation, OutpaintingCentral, OutpaintingVertical,
        OutpaintingHorizontal, OutpaintingDynamic, InpaintingCentral, InpaintingDynamic, ClassGeneration]
