@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from timing import sync
+from timing import sync, timed
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "gpu_check.json"
@@ -141,17 +141,6 @@ def count_flops(fn) -> float:
     with flop_counter() as counter:
         fn()
     return float(counter.get_total_flops())
-
-
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
@@ -322,7 +311,7 @@ def attention_path(backend: str, device: torch.device, dry: bool) -> dict:
     step()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    s = median_time(step, 10, device)
+    s = timed(step, 10, device)
     row.update(step_s=s, throughput=1 / s, unit="calls/s", peak_above_inputs_GB=(torch.cuda.max_memory_allocated(device) - base) / 2**30)
     return row
 
@@ -386,7 +375,7 @@ def compile_path(compiled: bool, device: torch.device, dry: bool) -> dict:
     step()
     row["flops_per_step"] = count_flops(step) if not compiled else count_flops(lambda: _eager_step(tok, video, opt))
     torch.cuda.reset_peak_memory_stats(device)
-    s = median_time(step, TIMED, device)
+    s = timed(step, TIMED, device)
     row.update(step_s=s, throughput=size.tok_batch / s, unit="clips/s")
     if compiled:
         tok.eval()
