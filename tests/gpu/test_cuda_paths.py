@@ -130,6 +130,7 @@ def test_gpu_check_rejects_an_unknown_path(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # where the script finds its `timing` helper
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
     spec.loader.exec_module(gpu_check)
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main(["--dry-run", "--paths", "attention_flash"])
