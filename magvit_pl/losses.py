@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 # ---------------------------------------------------------------- GAN losses
@@ -149,7 +149,7 @@ class PerceptualLoss(nn.Module):
         """Read the ResNet-50 weights (done on the first forward if not called before)."""
         if self._loaded:
             return
-        from magvit_pl.checkpoint import load_checkpoint
+        from magvit_pl.run.checkpoint import load_checkpoint
 
         sd = load_checkpoint(self.weights_path)  # weights-only; one-line errors for text, truncated or pickled files
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd

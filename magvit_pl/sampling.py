@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.commit import Mode, Vocab, mask_ratio_schedule
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 ModelFn = Callable[[Tensor], Tensor]
 

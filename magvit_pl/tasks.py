@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run.errors import MissingWeightsError, UserError
 
 log = logging.getLogger(__name__)
 

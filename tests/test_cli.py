@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from magvit_pl.cli import LIGHTNING_COMMANDS, MODEL_FREE_COMMANDS, main
+from magvit_pl.run.cli import LIGHTNING_COMMANDS, MODEL_FREE_COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -162,7 +162,7 @@ def test_readme_scale_out_commands_parse():
 
 def test_console_script_entry_exits_zero_on_success():
     # the `magvit` script runs sys.exit(main()): main must return None, not a value
-    code = "import sys; from magvit_pl.cli import main; sys.exit(main(['tasks']))"
+    code = "import sys; from magvit_pl.run.cli import main; sys.exit(main(['tasks']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "frame_prediction" in result.stdout

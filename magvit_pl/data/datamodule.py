@@ -56,7 +56,7 @@ from magvit_pl.data import synthetic
 from magvit_pl.data.shards import (FORMAT_VERSION, SampleError, ShardError, check_shard_name, class_name_problem,
                                    decode_sample, read_shard)
 from magvit_pl.data.video import VideoReadError, center_crop, random_crop, resize_short_side
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
 MAX_FAILURES = 100  # unusable training samples or shards in a row before a run stops

@@ -43,8 +43,8 @@ from typing import Any, Iterable, Iterator, Literal
 from magvit_pl.data.shards import (FORMAT_VERSION, MAX_SAMPLE_FRAMES, SHARD_NAME, class_name_problem, encode_sample,
                                    make_key, shard_name, umask_mode, write_shard)
 from magvit_pl.data.video import VideoReadError, center_crop, probe, read_video
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_open, write_json
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import atomic_open, write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".wmv", ".flv", ".3gp")
 SPLITS = ("train", "val", "test")

@@ -25,8 +25,8 @@ import numpy as np
 
 from magvit_pl.data.shards import (FORMAT_VERSION, StorageFormat, encode_sample, make_key, shard_name, umask_mode,
                                    write_shard)
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_open, write_json
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_open, write_json
 
 CLASSES = ("circle_bounce", "square_spin", "triangle_orbit", "star_pulse",
            "ring_wave", "cross_diagonal", "diamond_zoom", "bars_sway")

@@ -37,8 +37,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import atomic_path
 
 if TYPE_CHECKING:
     import torch

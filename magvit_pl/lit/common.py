@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
-from magvit_pl.errors import NonFiniteLossError
+from magvit_pl.run.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class LossCurves(Callback):
     """After each validation, draw ``media/loss_curves.png`` from the run's ``metrics.csv`` (rank 0).
 
     One panel per group of logged quantities (train losses, train diagnostics, each validation metric,
-    the learning rate; see :func:`magvit_pl.media.plot_curves`): smoothed lines over faint raw points,
+    the learning rate; see :func:`magvit_pl.run.media.plot_curves`): smoothed lines over faint raw points,
     axes with ticks and labels, a legend, and a linear, log or symlog y axis so that every series is
     visible whatever its sign and magnitude.
     """
@@ -70,6 +70,6 @@ class LossCurves(Callback):
         trainer.logger.save()
         path = Path(trainer.logger.log_dir) / "metrics.csv"
         if path.is_file():
-            from magvit_pl.media import save_loss_curves
+            from magvit_pl.run.media import save_loss_curves
 
             save_loss_curves(path, media_dir(trainer) / "loss_curves.png")

@@ -4,7 +4,7 @@
 the given region, any the task adds) and the share of condition tokens that decoding kept. It is fed
 :class:`~magvit_pl.lit.mtm_batch.Sample` objects and knows nothing of the LightningModule that calls it;
 :meth:`~magvit_pl.lit.mtm.MTMModule.test_step` samples, feeds it and writes one grid per task, and
-``on_test_epoch_end`` prints the table and writes ``results.json`` (:mod:`magvit_pl.lit.report`).
+``on_test_epoch_end`` prints the table and writes ``results.json`` (:mod:`magvit_pl.run.report`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch.nn import ModuleDict
 from torchmetrics import MetricCollection
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.mtm_batch import Sample
 from magvit_pl.tasks import Task, resolve_tasks
 
@@ -89,7 +89,7 @@ class TaskEvaluator:
         if not fvds or manifest is None or not manifest.is_file():
             return None
         from magvit_pl.metrics.fvd import test_set_key
-        from magvit_pl.weights import cache_dir, sha256_file
+        from magvit_pl.run.weights import cache_dir, sha256_file
 
         digest = sha256_file(manifest)
         selection = {"split": getattr(dm, "splits", {}).get("test"), "num_frames": getattr(dm, "num_frames", None),

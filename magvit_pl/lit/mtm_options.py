@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from magvit_pl.checkpoint import load_checkpoint
-from magvit_pl.ckpt_io import save_atomically
+from magvit_pl.run.checkpoint import load_checkpoint
+from magvit_pl.run.callbacks import save_atomically
 from magvit_pl.commit import CommitConfig
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.transformer import TransformerConfig
 from magvit_pl.sampling import SamplingConfig

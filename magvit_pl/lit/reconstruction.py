@@ -72,8 +72,8 @@ class ReconstructionTest:
         self._test_metrics, self._test_media = None, []
 
     def _write_test_report(self, results: dict[str, dict], clips: int) -> None:
-        from magvit_pl.io import write_json
-        from magvit_pl.media import save_frames_png, save_video_grid
+        from magvit_pl.run.files import write_json
+        from magvit_pl.run.media import save_frames_png, save_video_grid
 
         tok = self.ema_tokenizer
         factors = list(tok.downsample_factors)

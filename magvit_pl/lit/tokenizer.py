@@ -2,7 +2,7 @@
 
 Thin glue: the networks live in ``magvit_pl.models``, the losses in ``magvit_pl.losses``. Manual
 optimisation updates the generator (tokenizer) and the discriminator once each per batch; the EMA of
-the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.checkpoint.load_tokenizer`).
+the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.run.checkpoint.load_tokenizer`).
 ``trainer.global_step`` counts generator updates (the discriminator step does not advance it).
 ``test`` reports reconstruction metrics next to the pooled baseline (:mod:`magvit_pl.lit.reconstruction`).
 """
@@ -19,18 +19,18 @@ from lightning.pytorch import LightningModule
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from magvit_pl import losses
-from magvit_pl.checks import check_args
-from magvit_pl.errors import UserError
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
 from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.lit.reconstruction import ReconstructionTest
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
 from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
-from magvit_pl.schedules import total_training_steps, warmup_cosine
+from magvit_pl.lit.schedules import total_training_steps, warmup_cosine
 
 log = logging.getLogger(__name__)
-# what each numeric argument of TokenizerModule may be (magvit_pl.checks)
+# what each numeric argument of TokenizerModule may be (magvit_pl.run.checks)
 ARG_RULES = {
     "lr": "> 0", "disc_lr": "> 0", "betas": "[0, 1)", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]",
     "recon_weight": ">= 0", "perceptual_weight": ">= 0", "gan_weight": ">= 0", "disc_start_step": ">= 0",
@@ -258,7 +258,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             self.log("val/perplexity", perplexity)
             self._val_hist = None
         if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            from magvit_pl.media import save_video_grid
+            from magvit_pl.run.media import save_video_grid
 
             stem = media_dir(self.trainer) / f"reconstruction_step{self.global_step:07d}"
             save_video_grid(stem, self._media, fps=self.hparams.media_fps)
@@ -291,6 +291,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
 
 def tokenizer_from_checkpoint(path: str | Path) -> VQTokenizer:
     """The EMA tokenizer of a checkpoint, usable without Lightning (alias of ``checkpoint.load_tokenizer``)."""
-    from magvit_pl.checkpoint import load_tokenizer
+    from magvit_pl.run.checkpoint import load_tokenizer
 
     return load_tokenizer(path)

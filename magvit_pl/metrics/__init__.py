@@ -1,6 +1,6 @@
 """Evaluation metrics as torchmetrics Metrics (DDP-synced): FVD (I3D), PSNR, SSIM, LPIPS, FID.
 
-The networks behind FVD, LPIPS and FID come from ``python cli.py fetch-weights`` (magvit_pl.weights).
+The networks behind FVD, LPIPS and FID come from ``python cli.py fetch-weights`` (magvit_pl.run.weights).
 """
 from magvit_pl.metrics.frame import FID, LPIPSMetric, VideoPSNR, VideoSSIM
 from magvit_pl.metrics.fvd import FrechetVideoDistance, frechet_distance

@@ -29,10 +29,10 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_path
 from magvit_pl.metrics.i3d import I3D, MIN_FRAMES
-from magvit_pl.weights import WEIGHTS, resolve, sha256_file
+from magvit_pl.run.weights import WEIGHTS, resolve, sha256_file
 
 
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

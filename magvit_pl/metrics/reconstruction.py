@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingWeightsError
+from magvit_pl.run.errors import MissingWeightsError
 from magvit_pl.metrics.frame import LPIPSMetric, VideoPSNR, VideoSSIM
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 #: the classes of this package that a recorded config may name
 BUILTIN_CLASSES: tuple[str, ...] = (

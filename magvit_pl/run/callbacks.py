@@ -17,7 +17,7 @@ last``. Remote paths (``s3://`` …) fall back to Lightning's behaviour. Removin
 
 Loading (what ``fit --ckpt_path`` resumes from) is always ``weights_only=True`` (Lightning passes
 ``None``, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would turn into a full unpickle), and a
-foreign, truncated or corrupt file is a one-line :class:`~magvit_pl.errors.UserError`.
+foreign, truncated or corrupt file is a one-line :class:`~magvit_pl.run.errors.UserError`.
 
 Use: ``Trainer(plugins=[AtomicCheckpointIO()])``.
 """
@@ -34,7 +34,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from magvit_pl.checkpoint import checkpoint_read_errors
+from magvit_pl.run.checkpoint import checkpoint_read_errors
 
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".partial"
 

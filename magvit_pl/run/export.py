@@ -17,7 +17,7 @@ Three kinds of input are recognised:
 The output keeps what inference and evaluation need: ``state_dict`` (floating-point tensors as fp32,
 whatever the training precision), ``hyper_parameters``, the ``magvit`` entry and Lightning's version
 stamp; optimizer states, LR schedulers, loop and callback states are dropped. It loads with
-:func:`magvit_pl.checkpoint.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
+:func:`magvit_pl.run.checkpoint.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
 ``python cli.py test --ckpt_path`` and ``python cli.py generate --ckpt_path``.
 
 Every file is read with ``torch.load(weights_only=True)``, DeepSpeed's shards included: DeepSpeed's
@@ -26,7 +26,7 @@ few plain DeepSpeed classes its optimizer files hold (loss scaler, ZeRO stage en
 allow-listed. An FSDP folder's ``.metadata`` is a plain pickle (torch reads it with ``pickle.load``): it is read
 by an unpickler that allows only the checkpoint-metadata classes, and the shard files it names, like a DeepSpeed
 tag, must be names inside the folder. The exported file is checked like a loaded one (allow-listed model
-classes, plain data; :mod:`magvit_pl.checkpoint`), so a payload in the source is refused, never passed on.
+classes, plain data; :mod:`magvit_pl.run.checkpoint`), so a payload in the source is refused, never passed on.
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ from typing import Any, Iterator
 
 import torch
 
-from magvit_pl.checkpoint import DATA_MODULES, checked_hparams, load_checkpoint, state_dict_of
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path, check_output_file
+from magvit_pl.run.checkpoint import DATA_MODULES, checked_hparams, load_checkpoint, state_dict_of
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import atomic_path, check_output_file
 from magvit_pl.models.config import check_config, check_values
 
 ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 
 @contextlib.contextmanager

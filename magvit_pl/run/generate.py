@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import check_output_file
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ def generate(
         grid: Also write ``OUTPUT_grid.mp4``: condition | generated | input side by side.
         runs_root: Where training runs live (for the default checkpoint).
     """
-    from magvit_pl.checkpoint import latest_checkpoint
+    from magvit_pl.run.checkpoint import latest_checkpoint
     from magvit_pl.data.video import write_video
     from magvit_pl.lit.mtm import MTMModule
-    from magvit_pl.media import save_video_grid, to_uint8
+    from magvit_pl.run.media import save_video_grid, to_uint8
 
     out_path = check_output_file(output, "--output", "generated.mp4")
     if out_path.suffix.lower() not in (".mp4", ".gif"):

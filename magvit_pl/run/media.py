@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from magvit_pl.io import atomic_open
+from magvit_pl.run.files import atomic_open
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 DEFAULT_RESOLUTION = 128  # short side: big enough to see faces and edges, small enough for a CPU
 DEFAULT_CLIP_FRAMES = 16  # chunk length for checkpoints that do not record their training clip length
@@ -34,7 +34,7 @@ def load_frames(path: str, resolution: int, max_frames: int, spatial: int) -> tu
     (0: own size) and centre-cropped to multiples of ``spatial``; plus the frame rate. Every problem
     with the file (missing, not a video, hostile sizes, too slow) is a one-line UserError naming it."""
     from magvit_pl.data.video import center_crop, probe, read_video
-    from magvit_pl.generate import LOAD_TIMEOUT_S
+    from magvit_pl.run.generate import LOAD_TIMEOUT_S
 
     if not Path(path).is_file():
         raise MissingFileError(f"--input {path}: file not found")
@@ -78,10 +78,10 @@ def reconstruct(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from magvit_pl.checkpoint import latest_checkpoint, load_checkpoint, load_tokenizer
+    from magvit_pl.run.checkpoint import latest_checkpoint, load_checkpoint, load_tokenizer
     from magvit_pl.data.datamodule import frames_to_tensor
     from magvit_pl.data.video import write_video
-    from magvit_pl.media import video_grid
+    from magvit_pl.run.media import video_grid
     from magvit_pl.metrics.reconstruction import COLUMNS, ReconstructionMetrics, pooled_baseline, print_table
 
     out_path = Path(output)

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from magvit_pl.io import write_json
+from magvit_pl.run.files import write_json
 
 
 def write_results(results: dict[str, dict[str, float]], label: str, run_dir: str | Path, protocol: dict[str, Any] | None = None) -> Path:

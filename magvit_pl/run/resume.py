@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 
 def capture_rng() -> dict[str, Any]:

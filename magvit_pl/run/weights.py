@@ -34,8 +34,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from magvit_pl.errors import MissingWeightsError, UserError
-from magvit_pl.io import atomic_path, make_dir
+from magvit_pl.run.errors import MissingWeightsError, UserError
+from magvit_pl.run.files import atomic_path, make_dir
 
 
 @dataclass(frozen=True)

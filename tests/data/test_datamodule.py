@@ -12,7 +12,7 @@ from magvit_pl.data import datamodule as dm_mod
 from magvit_pl.data import synthetic
 from magvit_pl.data.datamodule import VideoDataModule, frames_to_tensor, read_manifest, tensor_to_frames
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from magvit_pl.data.video import (
     sample_clip,
     write_video,
 )
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 def _mae(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magvit_pl import weights as W
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run import weights as W
+from magvit_pl.run.errors import MissingWeightsError, UserError
 
 PAYLOAD = b"not really weights " * 100
 

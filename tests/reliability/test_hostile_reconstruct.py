@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from magvit_pl.data.video import MAX_PIXELS
-from magvit_pl.errors import UserError
-from magvit_pl.reconstruct import load_frames
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.reconstruct import load_frames
 
 # kind -> None when frames must come back, else words the one-line error must contain
 EXPECTED = {
