@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.video import to_frames
 
 
 # ---------------------------------------------------------------- GAN losses
@@ -179,12 +180,7 @@ class PerceptualLoss(nn.Module):
         else:
             idx = torch.arange(T, device=real.device).expand(B, T)
         gather = idx.view(B, 1, n, 1, 1).expand(B, C, n, H, W)
-
-        def pick(v: torch.Tensor) -> torch.Tensor:
-            v = torch.gather(v, 2, gather)  # (B, C, n, H, W)
-            return v.transpose(1, 2).reshape(B * n, C, H, W)
-
-        return pick(real), pick(recon)
+        return to_frames(torch.gather(real, 2, gather)), to_frames(torch.gather(recon, 2, gather))  # (B·n, C, H, W) each
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] frames (N, 3, H, W) → ResNet-50 logits (N, 1000)."""

@@ -96,10 +96,15 @@ def test_every_shipped_model_yaml_parses(config):
 
 
 def _model_of(*names: str) -> dict:
+    """The model's init_args, with the clip sizes it takes from the data (linked: print_config shows them there)."""
     import yaml
 
     data = REPO / "configs" / "data" / ("bair.yaml" if any("bair" in n for n in names) else "ucf101.yaml")
-    return yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))["model"]["init_args"]
+    config = yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))
+    model, sizes = config["model"]["init_args"], {k: config["data"]["init_args"][k] for k in ("num_frames", "resolution")}
+    if isinstance(model.get("discriminator"), dict):
+        model["discriminator"]["init_args"].update(sizes)
+    return {**model, **sizes} if "transformer" in model else model
 
 
 @pytest.mark.parametrize("names, size", [(["mtm_B.yaml"], "B"), (["mtm_B.yaml", "mtm_L.yaml"], "L"),

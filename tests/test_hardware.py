@@ -188,7 +188,8 @@ def test_cli_refuses_deepspeed_for_the_tokenizer_in_one_line(tmp_path, capsys, d
 
 
 def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data_args):
-    from magvit_pl.run.cli import RUN_DIR_ENV, run_lightning
+    from magvit_pl.run.lightning_cli import run_lightning
+    from magvit_pl.run.run_dir import RUN_DIR_ENV
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     cli = run_lightning(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/cpu.yaml", "--runs_root", str(tmp_path),
@@ -204,7 +205,8 @@ def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data
 
 def test_multinode_fit_needs_a_shared_run_dir(tmp_path, capsys, monkeypatch, data_args):
     """Each node would stamp its own run folder: without --run_dir (or a SLURM job id) it is refused."""
-    from magvit_pl.run.cli import RUN_DIR_ENV, main
+    from magvit_pl.run.cli import main
+    from magvit_pl.run.run_dir import RUN_DIR_ENV
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

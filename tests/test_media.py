@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from magvit_pl.lit.common import LossCurves
+from magvit_pl.run.callbacks import LossCurves
 
 
 def write_metrics(path: Path, steps: int = 60, val: bool = True) -> Path:

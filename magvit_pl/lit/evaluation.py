@@ -89,7 +89,8 @@ class TaskEvaluator:
         if not fvds or manifest is None or not manifest.is_file():
             return None
         from magvit_pl.metrics.fvd import test_set_key
-        from magvit_pl.run.weights import cache_dir, sha256_file
+        from magvit_pl.run.files import sha256_file
+        from magvit_pl.run.weights import cache_dir
 
         digest = sha256_file(manifest)
         selection = {"split": getattr(dm, "splits", {}).get("test"), "num_frames": getattr(dm, "num_frames", None),

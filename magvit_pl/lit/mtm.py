@@ -21,7 +21,8 @@ from magvit_pl.run.checks import check_args
 from magvit_pl.run.checkpoint import check_init_kwargs, load_tokenizer, load_weights, read_model_checkpoint
 from magvit_pl.commit import CommitConfig, Vocab
 from magvit_pl.run.errors import UserError
-from magvit_pl.lit.common import NonFiniteGuard, media_dir
+from magvit_pl.lit.common import NonFiniteGuard
+from magvit_pl.run.run_dir import media_dir
 from magvit_pl.lit.evaluation import TaskEvaluator, eval_task_names
 from magvit_pl.lit.mtm_batch import Sample, clip_tokens, commit_step, sample, tokenize
 from magvit_pl.run.report import write_results

@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from magvit_pl.run.checkpoint import load_checkpoint
-from magvit_pl.run.callbacks import save_atomically
+from magvit_pl.run.checkpoint import load_checkpoint, save_checkpoint
 from magvit_pl.commit import CommitConfig
 from magvit_pl.run.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
@@ -125,7 +124,7 @@ def upgrade_checkpoint(src: str, dst: str) -> Path:
     meta = ckpt.get("magvit", {})
     if "tokenizer_config" in meta:
         meta["tokenizer_config"] = drop_legacy_flag(meta["tokenizer_config"])
-    return save_atomically(ckpt, dst)
+    return save_checkpoint(ckpt, dst)
 
 
 def constructor_args(hparams: dict[str, Any]) -> dict[str, Any]:

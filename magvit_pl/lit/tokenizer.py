@@ -21,7 +21,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from magvit_pl import losses
 from magvit_pl.run.checks import check_args
 from magvit_pl.run.errors import UserError
-from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
+from magvit_pl.lit.common import NonFiniteGuard, update_ema
+from magvit_pl.run.run_dir import media_dir
 from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.lit.reconstruction import ReconstructionTest
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D

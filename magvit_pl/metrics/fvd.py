@@ -30,9 +30,10 @@ from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from magvit_pl.run.errors import UserError
-from magvit_pl.run.files import atomic_path
 from magvit_pl.metrics.i3d import I3D, MIN_FRAMES
-from magvit_pl.run.weights import WEIGHTS, resolve, sha256_file
+from magvit_pl.run.files import atomic_path, sha256_file
+from magvit_pl.run.weights import WEIGHTS, resolve
+from magvit_pl.video import from_frames, to_frames
 
 
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +78,8 @@ def resize_clips(videos: torch.Tensor, size: int) -> torch.Tensor:
     b, c, t, h, w = videos.shape
     if (h, w) == (size, size):
         return videos
-    frames = videos.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-    frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
-    return frames.reshape(b, t, c, size, size).transpose(1, 2)  # (B, C, T, size, size)
+    frames = F.interpolate(to_frames(videos), size=(size, size), mode="bilinear", align_corners=False)
+    return from_frames(frames, b)  # (B, C, T, size, size)
 
 
 @functools.lru_cache(maxsize=2)

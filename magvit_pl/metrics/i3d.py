@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from magvit_pl.run.errors import UserError
-from magvit_pl.run.weights import flatten, load_numpy_pickle, resolve
+from magvit_pl.run.unpickle import flatten, load_numpy_pickle
+from magvit_pl.run.weights import resolve
 
 MIN_FRAMES = 9  # fewer frames leave nothing for the (2, 7, 7) VALID average-pool
 

@@ -1,47 +1,50 @@
-"""Crash-safe Lightning checkpoints: :class:`AtomicCheckpointIO`.
+"""What the CLI adds to every Trainer: checkpoint saving and loading, the ``latest`` link, loss curves.
 
-Lightning's ``TorchCheckpointIO`` (2.6) serialises the checkpoint in memory, writes it to a temporary
-file made by ``tempfile.mkstemp()`` in the *system* temporary folder (an fsspec transaction) and
-then ``shutil.move``-s it onto the destination. When that folder is on another filesystem than the
-run directory (a tmpfs ``/tmp``, a scratch or network disk for runs) the move is a copy that first
-truncates ``last.ckpt`` and then rewrites it: a full disk, a quota or a kill during that copy leaves
-a truncated ``last.ckpt`` and the previous checkpoint is gone. It also needs the whole checkpoint
-to fit in the system temporary folder, and nothing is fsync-ed.
+* :class:`AtomicCheckpointIO` (a Trainer plugin): saves through :func:`~magvit_pl.run.checkpoint.save_checkpoint`
+  (crash-safe, see below), loads weights-only with one-line errors.
+* :class:`RunCheckpoint`: ``last.ckpt`` every N steps, after each validation and when training ends.
+* :class:`PointLatest`: ``RUNS_ROOT/KIND/latest`` → this run, once its training starts.
+* :class:`LossCurves`: ``media/loss_curves.png`` after each validation.
+* exact resume (random state, validation on a forked state): :class:`magvit_pl.run.resume.ResumeState`.
 
-``AtomicCheckpointIO`` writes the checkpoint to a hidden temporary file in the destination folder,
-fsyncs it, and ``os.replace``-s it onto the destination (atomic on POSIX and Windows), then fsyncs
-the folder. Any failure removes the temporary file and leaves the previous checkpoint as it was.
-The temporary name (``.tmp-XXXX.partial``) contains neither ``last`` nor ``.ckpt``, so a file left
-behind by a hard kill is never mistaken for a checkpoint by ``ModelCheckpoint`` or ``--ckpt_path
-last``. Remote paths (``s3://`` …) fall back to Lightning's behaviour. Removing is unchanged.
+Why a checkpoint plugin: Lightning's ``TorchCheckpointIO`` (2.6) serialises the checkpoint in memory, writes
+it to a temporary file made by ``tempfile.mkstemp()`` in the *system* temporary folder (an fsspec
+transaction) and then ``shutil.move``-s it onto the destination. When that folder is on another filesystem
+than the run directory (a tmpfs ``/tmp``, a scratch or network disk for runs) the move is a copy that first
+truncates ``last.ckpt`` and then rewrites it: a full disk, a quota or a kill during that copy leaves a
+truncated ``last.ckpt`` and the previous checkpoint is gone. It also needs the whole checkpoint to fit in
+the system temporary folder, and nothing is fsync-ed. :class:`AtomicCheckpointIO` writes next to the
+destination instead, fsyncs and renames (:func:`magvit_pl.run.files.atomic_path`); a file left by a hard
+kill (``.tmp-XXXX.partial``) is never taken for a checkpoint by ``ModelCheckpoint`` or ``--ckpt_path last``.
+Remote paths (``s3://`` …) fall back to Lightning's behaviour. Removing is unchanged.
 
-Loading (what ``fit --ckpt_path`` resumes from) is always ``weights_only=True`` (Lightning passes
-``None``, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would turn into a full unpickle), and a
-foreign, truncated or corrupt file is a one-line :class:`~magvit_pl.run.errors.UserError`.
-
-Use: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+Loading (what ``fit --ckpt_path`` resumes from) is always ``weights_only=True`` (Lightning passes ``None``,
+which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would turn into a full unpickle), and a foreign, truncated or
+corrupt file is a one-line :class:`~magvit_pl.run.errors.UserError`.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from magvit_pl.run.checkpoint import checkpoint_read_errors
-
-TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".partial"
+from magvit_pl.run.checkpoint import checkpoint_read_errors, save_checkpoint
+from magvit_pl.run.media import save_loss_curves
+from magvit_pl.run.run_dir import media_dir, point_latest
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose saves are atomic: the destination holds either the previous
-    checkpoint or the new one, never a partial file (see the module docstring)."""
+    checkpoint or the new one, never a partial file (see the module docstring).
+
+    Use: ``Trainer(plugins=[AtomicCheckpointIO()])`` (the CLI adds it unless a config names another).
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
@@ -49,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                             f"{type(self).__name__}")
         if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path)
-        save_atomically(checkpoint, path)
+        save_checkpoint(checkpoint, path)
         return None
 
     def load_checkpoint(self, path: _PATH, map_location: Optional[Callable] = lambda storage, loc: storage,
@@ -60,71 +63,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
-def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        writer = _FdWriter(fd)
-        try:
-            torch.save(obj, writer)
-            os.fsync(fd)
-        except Exception:
-            if writer.error is not None:  # torch reports a failed write as 'unexpected pos'; give the cause
-                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
-            raise
-        finally:
-            os.close(fd)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+class RunCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` (and the newest ``stepNNNNNNN.ckpt``) every ``every_n_steps`` steps, after each
+    validation, and when training ends, so neither a crash nor a ``max_steps`` that is not a multiple of
+    the interval loses trained steps. (Lightning's ModelCheckpoint takes one trigger at a time.)"""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int):
+        super().__init__(dirpath=dirpath, filename="step{step:07d}", auto_insert_metric_name=False, save_last=True,
+                         every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
+
+    def _save_now(self, trainer) -> None:
+        if self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == trainer.global_step:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_now(trainer)
+        super().on_train_end(trainer, pl_module)
 
 
-class _FdWriter:
-    """A minimal file object for ``torch.save`` that writes every byte and keeps the first OSError
-    (ENOSPC, EDQUOT, EFBIG …): torch's zip writer swallows it and reports only 'unexpected pos'."""
+class PointLatest(Callback):
+    """``RUNS_ROOT/KIND/latest`` → this run once its training starts: a run stopped by a mistake before
+    that (a bad value, a mismatched model and data, an unreadable ``init_from``) leaves ``latest`` alone."""
 
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.error: OSError | None = None
+    def __init__(self, root: Path, run_dir: Path):
+        self.root, self.run_dir = root, run_dir
 
-    def write(self, data: Any) -> int:
-        if self.error is not None:
-            raise self.error
-        view = memoryview(data).cast("B")
-        done = 0
-        try:
-            while done < len(view):
-                done += os.write(self.fd, view[done:])
-        except OSError as err:
-            self.error = err
-            raise
-        return len(view)
-
-    def flush(self) -> None:
-        pass
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            point_latest(self.root, self.run_dir)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform/filesystem can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+class LossCurves(Callback):
+    """After each validation, draw ``media/loss_curves.png`` from the run's ``metrics.csv`` (rank 0).
 
+    One panel per group of logged quantities (train losses, train diagnostics, each validation metric,
+    the learning rate; see :func:`magvit_pl.run.media.plot_curves`): smoothed lines over faint raw points,
+    axes with ticks and labels, a legend, and a linear, log or symlog y axis so that every series is
+    visible whatever its sign and magnitude.
+    """
 
-__all__ = ["AtomicCheckpointIO", "save_atomically"]
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or trainer.logger is None:
+            return
+        trainer.logger.save()
+        path = Path(trainer.logger.log_dir) / "metrics.csv"
+        if path.is_file():
+            save_loss_curves(path, media_dir(trainer) / "loss_curves.png")

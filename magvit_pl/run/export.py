@@ -17,7 +17,7 @@ Three kinds of input are recognised:
 The output keeps what inference and evaluation need: ``state_dict`` (floating-point tensors as fp32,
 whatever the training precision), ``hyper_parameters``, the ``magvit`` entry and Lightning's version
 stamp; optimizer states, LR schedulers, loop and callback states are dropped. It loads with
-:func:`magvit_pl.run.checkpoint.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
+:func:`magvit_pl.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
 ``python cli.py test --ckpt_path`` and ``python cli.py generate --ckpt_path``.
 
 Every file is read with ``torch.load(weights_only=True)``, DeepSpeed's shards included: DeepSpeed's
@@ -30,12 +30,13 @@ classes, plain data; :mod:`magvit_pl.run.checkpoint`), so a payload in the sourc
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib.util
 import io
 import os
-import pickle
+import pathlib
 import re
 import warnings
 from pathlib import Path
@@ -43,10 +44,11 @@ from typing import Any, Iterator
 
 import torch
 
-from magvit_pl.run.checkpoint import DATA_MODULES, checked_hparams, load_checkpoint, state_dict_of
-from magvit_pl.run.errors import MissingFileError, UserError
-from magvit_pl.run.files import atomic_path, check_output_file
+from magvit_pl.run.checkpoint import DATA_MODULES, LIGHTNING_MODULES, checked_hparams, load_checkpoint, save_checkpoint, state_dict_of
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.run.files import check_output_file
 from magvit_pl.models.config import check_config, check_values
+from magvit_pl.run.unpickle import AllowListUnpickler
 
 ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "
             "or an FSDP sharded checkpoint folder (meta.pt + .metadata + *.distcp)")
@@ -57,9 +59,6 @@ FSDP_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 DCP_METADATA = ".metadata"
 DS_MODEL_STATES = "*_model_states.pt"
 DS_OPTIM_STATES = "*_optim_states.pt"
-# LightningCLI rebuilds the model of `test --ckpt_path` from hyper_parameters["_class_path"]; runs started from
-# Python instead of the CLI lack it
-CLASS_PATHS = {"tokenizer": "magvit_pl.lit.tokenizer.TokenizerModule", "mtm": "magvit_pl.lit.mtm.MTMModule"}
 KIND_NAMES = {"lightning": "a Lightning checkpoint file", "deepspeed": "a DeepSpeed folder", "fsdp": "an FSDP sharded folder"}
 DS_INSTALL = 'pip install -e ".[gpu]" (on a CPU-only machine: pip install deepspeed)'
 
@@ -110,8 +109,7 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
         checkpoint, label = _read_fsdp_sharded(src)
 
     exported = _inference_only(checkpoint, src, label)
-    with atomic_path(out) as tmp:
-        torch.save(exported, tmp)
+    save_checkpoint(exported, out)
     values, tensors = _count(exported["state_dict"])
     model = exported["magvit"].get("kind", "?")
     print(f"exported {label} {src} -> {out}: {model}, {values / 1e6:.2f}M parameters in {tensors} tensors (fp32), "
@@ -198,7 +196,7 @@ def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
         if foreign:
             raise UserError(f"--ckpt_path {path}: a DeepSpeed file in it holds a {foreign.group(1)} object, which magvit-pl does not "
                             "allow when loading weights-only; refusing to unpickle it") from None
-        raise UserError(f"--ckpt_path {path}: DeepSpeed could not consolidate it ({type(err).__name__}: {_first_line(err)})") from None
+        raise UserError(f"--ckpt_path {path}: DeepSpeed could not consolidate it ({type(err).__name__}: {first_line(err)})") from None
     return state_dict
 
 
@@ -221,29 +219,22 @@ def _deepspeed_weights_only() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
-class _DCPMetadataUnpickler(pickle.Unpickler):
+class _DCPMetadataUnpickler(AllowListUnpickler):
     """Unpickles a ``torch.distributed.checkpoint`` ``.metadata`` file allowing only its metadata classes, torch
     sizes/dtypes/layouts, paths and plain containers: torch's own ``FileSystemReader.read_metadata`` is a plain
     ``pickle.load``, which would run whatever a crafted file names."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _dcp_metadata_globals()
-        if (module, name) in allowed:
-            return allowed[(module, name)]
+    refusal = "refusing to unpickle {what}: not checkpoint metadata"
+
+    def allowed(self, module: str, name: str) -> Any | None:
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not a checkpoint metadata class")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refusing a persistent id: not checkpoint metadata")
+        return _dcp_metadata_globals().get((module, name))
 
 
 @functools.lru_cache(maxsize=1)
 def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
-    import collections
-    import pathlib
-
-    from torch.distributed.checkpoint import filesystem, metadata
+    from torch.distributed.checkpoint import filesystem, metadata  # lazy: torch.distributed only for FSDP folders
 
     dcp = {("torch.distributed.checkpoint.metadata", n): getattr(metadata, n) for n in (
         "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
@@ -263,7 +254,7 @@ def _read_dcp_metadata(path: Path) -> Any:
         with open(path / DCP_METADATA, "rb") as fh:
             metadata = _DCPMetadataUnpickler(fh).load()
     except Exception as err:  # noqa: BLE001 - refused globals, truncated or foreign files fail in several ways
-        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {_first_line(err)})") from None
+        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
         raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} holds a {type(metadata).__name__}, not checkpoint metadata")
     for info in (metadata.storage_data or {}).values():
@@ -314,15 +305,10 @@ def _read_fsdp_sharded(path: Path) -> tuple[dict[str, Any], str]:
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - missing/truncated .distcp shards
         if isinstance(err, CheckpointException) and err.failures:  # a BaseException wrapping each rank's error
             err = next(iter(err.failures.values()))[0]
-        raise UserError(f"--ckpt_path {path}: reading its shards failed ({type(err).__name__}: {_first_line(err)})") from None
+        raise UserError(f"--ckpt_path {path}: reading its shards failed ({type(err).__name__}: {first_line(err)})") from None
     checkpoint["state_dict"] = model
     shards = len(list(path.glob("*.distcp")))
     return checkpoint, f"FSDP sharded checkpoint ({shards} shard{'s' * (shards != 1)})"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
@@ -347,8 +333,9 @@ def _inference_only(checkpoint: dict[str, Any], src: Path, label: str) -> dict[s
     check_values({k: v for k, v in out.items() if k not in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")}, source)
     out["magvit"] = {**meta, "exported_from": label}
     hparams = out.get("hyper_parameters")
-    if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in CLASS_PATHS:
-        out["hyper_parameters"] = {"_class_path": CLASS_PATHS[meta["kind"]], **hparams}
+    if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in LIGHTNING_MODULES:
+        # LightningCLI rebuilds the model of `test --ckpt_path` from it; runs started from Python lack it
+        out["hyper_parameters"] = {"_class_path": LIGHTNING_MODULES[meta["kind"]], **hparams}
     return out
 
 

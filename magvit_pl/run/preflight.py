@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
+from magvit_pl.lit.tokenizer import TokenizerModule
 from magvit_pl.run.checks import check_args
 from magvit_pl.run.errors import UserError
 
@@ -95,8 +96,6 @@ def _is_tokenizer(model_class_path: str | None) -> bool:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return name == "TokenizerModule"
-    from magvit_pl.lit.tokenizer import TokenizerModule
-
     return isinstance(cls, type) and issubclass(cls, TokenizerModule)
 
 

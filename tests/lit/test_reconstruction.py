@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from magvit_pl.run.checkpoint import load_tokenizer
-from magvit_pl.run.cli import complete_eval_args, main
+from magvit_pl.run.cli import main
+from magvit_pl.run.lightning_cli import complete_eval_args
 from magvit_pl.data.video import read_video
 from magvit_pl.run.errors import UserError
 from magvit_pl.metrics.frame import VideoPSNR

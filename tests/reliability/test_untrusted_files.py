@@ -309,7 +309,7 @@ def test_config_yaml_next_to_a_checkpoint_names_only_trusted_classes(checkpoints
 @pytest.mark.parametrize("config", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_shipped_configs_pass_the_run_config_check(config):
     """A run's config.yaml is these files composed: the check must accept every one of them."""
-    from magvit_pl.run.checkpoint import check_run_config
+    from magvit_pl.run.run_dir import check_run_config
 
     check_run_config(config)
 
@@ -355,7 +355,7 @@ def test_loss_curves_skip_cells_that_are_not_numbers(tmp_path):
     """`fit --ckpt_path last` in a run folder from elsewhere appends to its metrics.csv: odd cells are skipped."""
     from types import SimpleNamespace
 
-    from magvit_pl.lit.common import LossCurves
+    from magvit_pl.run.callbacks import LossCurves
 
     (tmp_path / "metrics.csv").write_text("step,train/loss,val/psnr\n0,1.5,\n1,oops,20\nx,1.0,21\n2,0.5,22\n3,0.4,23,extra,cells\n")
     logger = SimpleNamespace(save=lambda: None, log_dir=str(tmp_path))
