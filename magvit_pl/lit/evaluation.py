@@ -16,8 +16,11 @@ import torch
 from torch.nn import ModuleDict
 from torchmetrics import MetricCollection
 
-from magvit_pl.run.errors import UserError
 from magvit_pl.lit.mtm_batch import Sample
+from magvit_pl.metrics.fvd import test_set_key
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import sha256_file
+from magvit_pl.run.weights import cache_dir
 from magvit_pl.tasks import Task, resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -88,10 +91,6 @@ class TaskEvaluator:
         manifest = Path(getattr(dm, "root", "")) / "manifest.json" if dm is not None else None
         if not fvds or manifest is None or not manifest.is_file():
             return None
-        from magvit_pl.metrics.fvd import test_set_key
-        from magvit_pl.run.files import sha256_file
-        from magvit_pl.run.weights import cache_dir
-
         digest = sha256_file(manifest)
         selection = {"split": getattr(dm, "splits", {}).get("test"), "num_frames": getattr(dm, "num_frames", None),
                      "resolution": getattr(dm, "resolution", None), "frame_stride": getattr(dm, "frame_stride", None),

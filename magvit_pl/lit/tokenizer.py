@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from magvit_pl import losses
-from magvit_pl.run.checks import check_args
-from magvit_pl.run.errors import UserError
 from magvit_pl.lit.common import NonFiniteGuard, update_ema
-from magvit_pl.run.run_dir import media_dir
-from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.lit.reconstruction import ReconstructionTest
+from magvit_pl.lit.schedules import total_training_steps, warmup_cosine
+from magvit_pl.metrics.frame import VideoPSNR, VideoSSIM
+from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+from magvit_pl.models.inflation import init_from_checkpoint
 from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
-from magvit_pl.lit.schedules import total_training_steps, warmup_cosine
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.media import save_video_grid
+from magvit_pl.run.run_dir import media_dir
+from magvit_pl.tasks import build_fvd
 
 log = logging.getLogger(__name__)
 # what each numeric argument of TokenizerModule may be (magvit_pl.run.checks)
@@ -117,8 +119,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         self.perceptual = perceptual if use_perceptual else None
         self.lecam = losses.LeCamEMA(decay=lecam_decay)
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
-        self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
+        self.val_psnr = VideoPSNR()  # per frame, like `test` and `reconstruct`
+        self.val_ssim = VideoSSIM()
         self.val_fvd = None  # built in setup when wanted and possible
         self._val_hist: torch.Tensor | None = None
         self._media: list[torch.Tensor] = []
@@ -135,12 +137,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         if precision.startswith("16"):
             raise UserError(f"trainer.precision={precision} is not supported by the tokenizer (GAN + manual optimisation); use bf16-mixed on GPU or 32-true")
         if self.hparams.val_fvd and self.val_fvd is None and stage in ("fit", "validate"):
-            from magvit_pl.tasks import build_fvd
-
             self.val_fvd = build_fvd()  # None (logged once, with the fetch command) without I3D weights
         if stage == "fit" and self.hparams.init_from and self.global_step == 0:
-            from magvit_pl.models.inflation import init_from_checkpoint
-
             init_from_checkpoint(self.tokenizer, self.hparams.init_from, inflation=self.hparams.inflation, prefix=self.hparams.init_prefix)
             self.ema_tokenizer.load_state_dict(self.tokenizer.state_dict())
 
@@ -158,16 +156,27 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         return self.discriminator is not None and self.global_step >= self.hparams.disc_start_step
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
         video = batch["video"]
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = self.lr_schedulers()
         scheds = scheds if isinstance(scheds, list) else [scheds]
         disc_on = self._disc_active()
+        step = self._generator_step(video, opts[0], scheds[0], disc_on)
+        if step is None:  # skipped: a non-finite loss
+            return
+        recon, logs = step
+        if disc_on:
+            logs.update(self._discriminator_step(video, recon, opts[1], scheds[1]))
+        self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
+        self.log_dict(logs)
+        self.log("lr", scheds[0].get_last_lr()[0])
 
-        # ---- generator (tokenizer) step
-        self.toggle_optimizer(opts[0])
+    def _generator_step(self, video: torch.Tensor, opt, sched, disc_on: bool) -> tuple[torch.Tensor, dict] | None:
+        """One tokenizer update (L2 + perceptual + GAN + quantizer losses), then the EMA: the reconstruction and
+        the step's logs, or ``None`` when a non-finite loss made the guard skip the step."""
+        hp = self.hparams
+        self.toggle_optimizer(opt)
         recon, q = self.tokenizer(video)
         terms = {"recon": F.mse_loss(recon, video) * hp.recon_weight, "quantizer": q.loss}
         if self.perceptual is not None:
@@ -176,15 +185,15 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             terms["gan"] = losses.generator_gan_loss(self.discriminator(recon)) * hp.gan_weight
         loss_g = sum(terms.values())
         if not self.guard.check(self.global_step, terms):
-            opts[0].zero_grad(set_to_none=True)
-            self.untoggle_optimizer(opts[0])
+            opt.zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opt)
             self.log("train/nonfinite_steps", float(self.guard.total), prog_bar=True)
-            return
-        opts[0].zero_grad(set_to_none=True)
+            return None
+        opt.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        opts[0].step()
-        scheds[0].step()
-        self.untoggle_optimizer(opts[0])
+        opt.step()
+        sched.step()
+        self.untoggle_optimizer(opt)
         decay = hp.ema_decay
         if hp.ema_warmup:
             decay = min(decay, (1 + self.global_step) / (10 + self.global_step))
@@ -193,42 +202,43 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs["train/loss"] = loss_g.detach()
         logs.update({f"train/q_{k}": v for k, v in q.metrics.items()})
+        return recon, logs
 
-        # ---- discriminator step (the raw optimiser so global_step counts generator steps only)
-        if disc_on:
-            self.toggle_optimizer(opts[1])
-            apply_r1 = hp.r1_cost > 0 and self.global_step % hp.r1_every == 0
-            real = video.detach().requires_grad_(apply_r1)
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(recon.detach())
-            d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
-            if apply_r1:
-                d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost) * hp.r1_every
-            if hp.lecam_weight > 0:
-                d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
-            loss_d = sum(d_terms.values())
-            if self.guard.check(self.global_step, d_terms):
-                opts[1].zero_grad(set_to_none=True)
-                self.manual_backward(loss_d)
-                opts[1].optimizer.step()
-                scheds[1].step()
-                self.lecam.update(real_logits.detach(), fake_logits.detach())
-                logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
-                logs["train/logits_real"] = real_logits.detach().mean()
-                logs["train/logits_fake"] = fake_logits.detach().mean()
-            self.untoggle_optimizer(opts[1])
-        self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
-        self.log_dict(logs)
-        self.log("lr", scheds[0].get_last_lr()[0])
+    def _discriminator_step(self, video: torch.Tensor, recon: torch.Tensor, opt, sched) -> dict:
+        """One discriminator update (GAN loss, lazy R1, LeCam) through the raw optimiser, so that
+        ``global_step`` counts generator steps only; its logs (none when a non-finite loss skipped it)."""
+        hp = self.hparams
+        self.toggle_optimizer(opt)
+        apply_r1 = hp.r1_cost > 0 and self.global_step % hp.r1_every == 0
+        real = video.detach().requires_grad_(apply_r1)
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(recon.detach())
+        d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
+        if apply_r1:
+            d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost) * hp.r1_every
+        if hp.lecam_weight > 0:
+            d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
+        loss_d = sum(d_terms.values())
+        logs = {}
+        if self.guard.check(self.global_step, d_terms):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt.optimizer.step()
+            sched.step()
+            self.lecam.update(real_logits.detach(), fake_logits.detach())
+            logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
+            logs["train/logits_real"] = real_logits.detach().mean()
+            logs["train/logits_fake"] = fake_logits.detach().mean()
+        self.untoggle_optimizer(opt)
+        return logs
 
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["video"]
         recon, q = self.ema_tokenizer(video)
         recon = recon.clamp(-1, 1)
-        frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (B,C,T,H,W) -> (B*T,C,H,W)
-        self.val_psnr.update(frames(recon), frames(video))
-        self.val_ssim.update(frames(recon), frames(video))
+        self.val_psnr.update(recon, video)
+        self.val_ssim.update(recon, video)
         if self.val_fvd is not None:
             if video.shape[2] >= self.val_fvd.min_frames:
                 self.val_fvd.update(video, real=True)
@@ -259,8 +269,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             self.log("val/perplexity", perplexity)
             self._val_hist = None
         if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            from magvit_pl.run.media import save_video_grid
-
             stem = media_dir(self.trainer) / f"reconstruction_step{self.global_step:07d}"
             save_video_grid(stem, self._media, fps=self.hparams.media_fps)
         self._media = []
@@ -289,9 +297,3 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         """Video (B, 3, T, H, W) in [-1, 1] from tokens, with the EMA tokenizer."""
         return self.ema_tokenizer.decode(tokens).clamp(-1, 1)
 
-
-def tokenizer_from_checkpoint(path: str | Path) -> VQTokenizer:
-    """The EMA tokenizer of a checkpoint, usable without Lightning (alias of ``checkpoint.load_tokenizer``)."""
-    from magvit_pl.run.checkpoint import load_tokenizer
-
-    return load_tokenizer(path)

@@ -14,10 +14,10 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from magvit_pl.run.errors import UserError
-from magvit_pl.metrics.fvd import frechet_distance
+from magvit_pl.metrics.frechet import frechet_distance
 from magvit_pl.metrics.inception import FEATURES, InceptionFeatures
 from magvit_pl.models.lpips import LPIPS
+from magvit_pl.run.errors import UserError
 from magvit_pl.run.weights import resolve
 from magvit_pl.video import to_frames
 

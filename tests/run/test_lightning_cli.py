@@ -1,0 +1,76 @@
+"""MagvitCLI's links: the clip size is set once on the data and reaches the models; --task reaches eval_task.
+
+The parsed config is caught at ``before_instantiate_classes`` (nothing is built), through the real parser.
+"""
+from pathlib import Path
+
+import pytest
+
+from magvit_pl.run import lightning_cli
+from magvit_pl.run.lightning_cli import MagvitCLI, run_lightning
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Parsed(Exception):
+    pass
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    def probe(self):
+        raise Parsed(self.config[self.subcommand])
+
+    monkeypatch.setattr(MagvitCLI, "before_instantiate_classes", probe)
+
+    def parse(*args) -> dict:
+        with pytest.raises(Parsed) as info:
+            run_lightning([str(a) for a in args])
+        return info.value.args[0]
+
+    return parse
+
+
+def test_the_data_clip_size_reaches_the_mtm(parsed):
+    cfg = parsed("fit", "--config", REPO / "configs" / "mtm.yaml", "--data.init_args.num_frames", "12",
+                 "--data.init_args.resolution", "48", "--task", "frame_prediction")
+    model = cfg.model.init_args
+    assert (model.num_frames, model.resolution, model.eval_task) == (12, 48, "frame_prediction")
+    assert (cfg.data.init_args.num_frames, cfg.data.init_args.resolution) == (12, 48)
+
+
+def test_a_size_given_for_the_model_is_replaced_by_the_datas(parsed):
+    cfg = parsed("fit", "--config", REPO / "configs" / "mtm.yaml", "--model.init_args.num_frames", "4")
+    assert cfg.model.init_args.num_frames == cfg.data.init_args.num_frames == 8
+
+
+def test_the_data_clip_size_reaches_the_tokenizers_discriminator(parsed):
+    cfg = parsed("fit", "--config", REPO / "configs" / "tokenizer.yaml", "--data.init_args.num_frames", "6",
+                 "--data.init_args.resolution", "24")
+    disc = cfg.model.init_args.discriminator.init_args
+    assert (disc.num_frames, disc.resolution) == (6, 24)
+    assert "num_frames" not in cfg.model.init_args  # the tokenizer itself takes any size: nothing linked there
+
+
+def test_without_task_the_mtm_evaluates_every_trained_task(parsed):
+    assert parsed("fit", "--config", REPO / "configs" / "mtm.yaml").model.init_args.eval_task is None
+
+
+def test_the_pre_parser_reads_only_its_options():
+    options = lightning_cli._preparse(["--trainer.max_steps", "-1", "-c", "a.yaml", "--config=b.yaml", "--ckpt_path", "x.ckpt",
+                                       "--model.init_args.lr", "1", "--kind", "tokenizer", "--seed_everything", "3"])
+    assert options.config == ["a.yaml", "b.yaml"] and options.ckpt_path == "x.ckpt" and options.kind == "tokenizer"
+    assert options.runs_root == "runs" and options.model is None and options.asks is None
+    assert lightning_cli._preparse(["--print_config=skip_null"]).asks == "skip_null"
+
+
+def test_task_for_a_tokenizer_is_one_line_and_makes_no_run(tmp_path, capsys):
+    from magvit_pl.run.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "tokenizer.yaml"), "--task", "frame_prediction",
+              "--runs_root", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == ("error: --task frame_prediction: only an MTM model "
+                                                 "(magvit_pl.lit.mtm.MTMModule) evaluates tasks")
+    assert list(tmp_path.iterdir()) == []
