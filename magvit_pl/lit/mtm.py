@@ -60,8 +60,8 @@ class MTMModule(LightningModule):
     Args:
         tokenizer_ckpt: Stage-1 checkpoint (``runs/tokenizer/latest/checkpoints/last.ckpt``); its EMA tokenizer is frozen.
         num_classes: Number of class labels in the data (class tokens; the data module must agree).
-        num_frames: Frames per clip (must match the data module).
-        resolution: Clip height and width (must match the data module).
+        num_frames: Frames per clip (must match the data module; the CLI sets it from ``data.num_frames``).
+        resolution: Clip height and width (must match the data module; the CLI sets it from ``data.resolution``).
         tasks: Tasks to train on and the run-wide task options.
         transformer: Size and regularisation of the transformer (B: the defaults).
         commit: COMMIT training: conditioning mode, mask schedule, loss weights, class dropout.

@@ -74,8 +74,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         media_fps: Frame rate of the written grids.
         activation_checkpointing: Recompute every residual block of the tokenizer and the discriminator
             in the backward pass instead of keeping its activations (applied in ``configure_model``;
-            same outputs and gradients). Measured by ``benchmarks/memory.py``: half the peak memory of
-            a B step at 16x128x128 (2.8 -> 1.4 GB per clip) for ~1.1x its CPU time.
+            same outputs and gradients). What it saves and costs: ``benchmarks/memory.py`` (figures in
+            benchmarks/README.md).
     """
 
     def __init__(
