@@ -5,8 +5,8 @@ What it adds to LightningCLI:
 * options ``--run_dir``, ``--runs_root``, ``--kind``, ``--task``, ``--save_every_n_steps``; the folder comes from
   :func:`magvit_pl.run.run_dir.resolve_run_dir` (config.yaml, metrics.csv, checkpoints/, media/ in it);
 * links (``parser.link_arguments``): the clip size is set once, on the data (``--data.num_frames``,
-  ``--data.resolution``), and reaches the MTM and the tokenizer's discriminator; ``--task`` sets the MTM's
-  ``eval_task``. (The number of classes is read from the data's manifest after parsing, so it cannot be
+  ``--data.resolution``), and reaches the MTM (when the data module is built: it checks the sizes first) and
+  the tokenizer's discriminator; ``--task`` sets the MTM's ``eval_task``. (The number of classes is read from the data's manifest after parsing, so it cannot be
   linked; the MTM checks it against the data in ``setup``.)
 * the callbacks and checkpoint plugin of :mod:`magvit_pl.run.callbacks`, a rich progress bar, a CSV logger;
 * the preflight check of the trainer config (:mod:`magvit_pl.run.preflight`) and of any ``--ckpt_path``
@@ -45,7 +45,19 @@ from magvit_pl.run.run_dir import (RUN_DIR_ENV, check_run_config, latest_checkpo
 
 # clip sizes set once, on the data, and linked to the models that are built for them
 SHARED_SIZES = ("num_frames", "resolution")
-SIZE_TARGETS = ("model.init_args.{}", "model.init_args.discriminator.init_args.{}")  # the MTM; the tokenizer's discriminator
+
+
+class ClipSize:
+    """``data -> data.<size>``: the compute function of a size link (the model is built for the data as built)."""
+
+    def __init__(self, size: str):
+        self.size = size
+        self.__name__ = f"data.{size}"  # how jsonargparse names the link in --help
+
+    def __call__(self, data: Any) -> int:
+        if not hasattr(data, self.size):
+            raise UserError(f"the data module {type(data).__name__} has no {self.size}; the model's clip size is read from it")
+        return getattr(data, self.size)
 
 
 class MagvitCLI(LightningCLI):
@@ -58,8 +70,10 @@ class MagvitCLI(LightningCLI):
         parser.add_argument("--kind", type=Optional[Literal["tokenizer", "mtm"]], default=None, help="test/validate without --ckpt_path: use the latest run of this kind (default: the kind of --config's model, else mtm).")
         parser.add_argument("--save_every_n_steps", type=int, default=200, help="fit: write checkpoints/last.ckpt every N training steps (and after each validation); 0 = only after validation. A crash loses at most N steps: resume with --ckpt_path last.")
         for size in SHARED_SIZES:  # a link whose target the chosen model lacks is skipped by jsonargparse
-            for target in SIZE_TARGETS:
-                parser.link_arguments(f"data.init_args.{size}", target.format(size))
+            # the MTM's: on instantiation, so the data module is built (and checks the sizes it is given) first
+            parser.link_arguments("data", f"model.init_args.{size}", compute_fn=ClipSize(size), apply_on="instantiate")
+            # the tokenizer's discriminator (a class inside the model: linked on parse)
+            parser.link_arguments(f"data.init_args.{size}", f"model.init_args.discriminator.init_args.{size}")
         parser.link_arguments("task", "model.init_args.eval_task")
 
     def parse_arguments(self, parser, args) -> None:

@@ -1,6 +1,6 @@
 """MagvitCLI's links: the clip size is set once on the data and reaches the models; --task reaches eval_task.
 
-The parsed config is caught at ``before_instantiate_classes`` (nothing is built), through the real parser.
+Through the real parser and instantiation; the Trainer is never built (the probe stops there).
 """
 from pathlib import Path
 
@@ -12,48 +12,47 @@ from magvit_pl.run.lightning_cli import MagvitCLI, run_lightning
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Parsed(Exception):
+class Built(Exception):
     pass
 
 
 @pytest.fixture
-def parsed(monkeypatch):
-    def probe(self):
-        raise Parsed(self.config[self.subcommand])
+def built(monkeypatch, tmp_path):
+    """``built(*args) -> (model, datamodule)`` as MagvitCLI instantiated them for ``fit ARGS``."""
+    def probe(self, **kwargs):
+        raise Built(self.model, self.datamodule)
 
-    monkeypatch.setattr(MagvitCLI, "before_instantiate_classes", probe)
+    monkeypatch.setattr(MagvitCLI, "instantiate_trainer", probe)
 
-    def parse(*args) -> dict:
-        with pytest.raises(Parsed) as info:
-            run_lightning([str(a) for a in args])
-        return info.value.args[0]
+    def build(*args):
+        with pytest.raises(Built) as info:
+            run_lightning(["fit", *[str(a) for a in args], "--runs_root", str(tmp_path / "runs")])
+        return info.value.args
 
-    return parse
-
-
-def test_the_data_clip_size_reaches_the_mtm(parsed):
-    cfg = parsed("fit", "--config", REPO / "configs" / "mtm.yaml", "--data.init_args.num_frames", "12",
-                 "--data.init_args.resolution", "48", "--task", "frame_prediction")
-    model = cfg.model.init_args
-    assert (model.num_frames, model.resolution, model.eval_task) == (12, 48, "frame_prediction")
-    assert (cfg.data.init_args.num_frames, cfg.data.init_args.resolution) == (12, 48)
+    return build
 
 
-def test_a_size_given_for_the_model_is_replaced_by_the_datas(parsed):
-    cfg = parsed("fit", "--config", REPO / "configs" / "mtm.yaml", "--model.init_args.num_frames", "4")
-    assert cfg.model.init_args.num_frames == cfg.data.init_args.num_frames == 8
+def test_the_data_clip_size_reaches_the_mtm(built):
+    model, data = built("--config", REPO / "configs" / "mtm.yaml", "--data.init_args.num_frames", "12",
+                        "--data.init_args.resolution", "48", "--task", "frame_prediction")
+    assert (model.hparams.num_frames, model.hparams.resolution, model.hparams.eval_task) == (12, 48, "frame_prediction")
+    assert (data.num_frames, data.resolution) == (12, 48)
 
 
-def test_the_data_clip_size_reaches_the_tokenizers_discriminator(parsed):
-    cfg = parsed("fit", "--config", REPO / "configs" / "tokenizer.yaml", "--data.init_args.num_frames", "6",
-                 "--data.init_args.resolution", "24")
-    disc = cfg.model.init_args.discriminator.init_args
-    assert (disc.num_frames, disc.resolution) == (6, 24)
-    assert "num_frames" not in cfg.model.init_args  # the tokenizer itself takes any size: nothing linked there
+def test_a_size_given_for_the_model_is_replaced_by_the_datas(built):
+    model, data = built("--config", REPO / "configs" / "mtm.yaml", "--model.init_args.num_frames", "4")
+    assert model.hparams.num_frames == data.num_frames == 8
 
 
-def test_without_task_the_mtm_evaluates_every_trained_task(parsed):
-    assert parsed("fit", "--config", REPO / "configs" / "mtm.yaml").model.init_args.eval_task is None
+def test_the_data_clip_size_reaches_the_tokenizers_discriminator(built):
+    model, _ = built("--config", REPO / "configs" / "tokenizer.yaml", "--data.init_args.num_frames", "6",
+                     "--data.init_args.resolution", "24", "--model.init_args.discriminator.init_args.base_channels", "4")
+    assert model.discriminator.input_shape == (3, 6, 24, 24)
+
+
+def test_without_task_the_mtm_evaluates_every_trained_task(built):
+    model, _ = built("--config", REPO / "configs" / "mtm.yaml")
+    assert model.hparams.eval_task is None
 
 
 def test_the_pre_parser_reads_only_its_options():
