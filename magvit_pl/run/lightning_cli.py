@@ -119,6 +119,12 @@ class MagvitCLI(LightningCLI):
             self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
         except Exception as err:  # noqa: BLE001 - jsonargparse reports a mismatch in several ways
             raise UserError(explain_checkpoint_error(ckpt_path, one_line(err)[:300])) from None
+        model = self.config[self.config.subcommand].model
+        extra = model.get("dict_kwargs") or {}
+        for size in SHARED_SIZES:  # recorded by the clip-size links of the fit; the data sets them (checked above)
+            extra.pop(size, None)
+        if "dict_kwargs" in model and not extra:  # an empty one would take the links a tokenizer has no argument for
+            del model["dict_kwargs"]
 
     def before_instantiate_classes(self) -> None:
         """Check the run's settings, then choose and make its folder (nothing is made for a refused run)."""
