@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.data.transforms import center_crop
+from magvit_pl.data.transforms import center_crop, frames_to_tensor
 from magvit_pl.data.video_io import read_video
-from magvit_pl.metrics.fvd import FrechetVideoDistance, frechet_distance, gaussian_stats
+from magvit_pl.metrics.fvd import FrechetVideoDistance
+from magvit_pl.metrics.frechet import frechet_distance, gaussian_stats
 
 DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"
 
@@ -41,9 +42,8 @@ def real_clips(folder: Path, per_video: int, frames: int, size: int) -> torch.Te
         if len(video) < frames:
             continue
         starts = np.linspace(0, len(video) - frames, per_video).astype(int)
-        clips += [torch.from_numpy(video[s:s + frames].copy()) for s in starts]
-    x = torch.stack(clips).permute(0, 4, 1, 2, 3).float()  # (N, 3, T, H, W)
-    return x / 127.5 - 1
+        clips += [video[s:s + frames] for s in starts]
+    return frames_to_tensor(np.stack(clips))  # (N, 3, T, H, W) in [-1, 1]
 
 
 def distortions(x: torch.Tensor, noise_sigma: float, seed: int) -> dict[str, torch.Tensor]:

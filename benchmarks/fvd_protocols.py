@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.clipsets import ClipSet, ClipSpec
+from magvit_pl.run.clipsets import ClipSet, ClipSpec
 from magvit_pl.data import frames_to_tensor
-from magvit_pl.metrics.fvd import frechet_distance, gaussian_stats, resize_clips
+from magvit_pl.metrics.fvd import resize_clips
+from magvit_pl.metrics.frechet import frechet_distance, gaussian_stats
 
 DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"
 SIZE = 224

@@ -415,8 +415,8 @@ def missing(path: CheckPath) -> str | None:
     """``missing: <what>`` when a package or the I3D weights the path needs are absent, else None."""
     absent = [pkg for pkg in path.needs if importlib.util.find_spec(pkg) is None]
     if path.name == "fvd_i3d":
-        from magvit_pl.errors import MissingWeightsError
-        from magvit_pl.weights import weight_path
+        from magvit_pl.run.errors import MissingWeightsError
+        from magvit_pl.run.weights import weight_path
 
         try:
             weight_path("i3d")
@@ -530,8 +530,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         p.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if not args.dry_run and not torch.cuda.is_available():
         p.error("torch sees no CUDA device; run with --dry-run to check the plan on a CPU")
-    from magvit_pl.errors import UserError
-    from magvit_pl.io import check_output_file, make_dir, write_json
+    from magvit_pl.run.errors import UserError
+    from magvit_pl.run.files import check_output_file, make_dir, write_json
 
     try:
         out = check_output_file(args.output, "--output", "gpu_check.json")

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
-from magvit_pl.errors import UserError
-from magvit_pl.metrics.reconstruction import ReconstructionMetrics, pooled_baseline, print_table
+from magvit_pl.run.checkpoint import load_checkpoint, load_tokenizer
+from magvit_pl.run.errors import UserError
+from magvit_pl.metrics.reconstruction import COLUMNS, ReconstructionMetrics, pooled_baseline
+from magvit_pl.run.report import print_table
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -124,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "reconstruction", "clips": len(clips), "num_frames": args.num_frames,
            "resolution": args.resolution, **source, "results": rows}
     print(json.dumps(out))
-    print_table(rows, title="reconstruction (higher PSNR/SSIM, lower LPIPS/rFVD is better)",
+    print_table(rows, title="reconstruction (higher PSNR/SSIM, lower LPIPS/rFVD is better)", columns=COLUMNS,
                 extra=(("clips", "clips", "d"), ("seconds", "s", ".1f")))
     if args.grid:
-        from magvit_pl.media import save_frames_png
+        from magvit_pl.run.media import save_frames_png
 
         save_frames_png(args.grid, [clips, base, *recons], args.grid_clips)
         print(f"grid: {args.grid} (rows: original, baseline, {', '.join(str(p) for p in args.ckpt)})")

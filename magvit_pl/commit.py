@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 Mode = Literal["commit", "naive"]
 MODES: tuple[str, ...] = ("commit", "naive")

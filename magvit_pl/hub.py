@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 INSTALL = 'pip install "magvit-pl[hub]" (or: pip install huggingface_hub)'
 
 
 def _hub():
     try:
-        import huggingface_hub
+        import huggingface_hub  # optional (the [hub] extra)
     except ImportError:
         raise UserError(f"the Hugging Face Hub needs the huggingface_hub package: {INSTALL}; "
                         "or download the folder yourself and pass its path") from None
@@ -30,7 +30,7 @@ def _hub():
 
 
 def allowed_patterns() -> list[str]:
-    from magvit_pl.pretrained import FILES, TOKENIZER_DIR
+    from magvit_pl.pretrained import FILES, TOKENIZER_DIR  # lazy: magvit_pl.pretrained imports this module
 
     return [*FILES, *(f"{TOKENIZER_DIR}/{name}" for name in FILES)]
 
@@ -50,7 +50,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, 
                 commit_message: str = "Upload magvit-pl model") -> str:
     """Upload a folder written by ``save_pretrained`` / ``export --format safetensors`` to Hub repository
     ``repo_id`` (created if needed); returns the commit URL."""
-    from magvit_pl.pretrained import read_config
+    from magvit_pl.pretrained import read_config  # lazy: magvit_pl.pretrained imports this module
 
     read_config(folder)  # refuse to publish something that would not load
     hub = _hub()

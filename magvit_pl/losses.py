@@ -24,7 +24,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.models.lpips import LPIPS
+from magvit_pl.models.resnet import ResNet50
+from magvit_pl.run.checkpoint import load_checkpoint
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.data.transforms import to_frames
 
 
 # ---------------------------------------------------------------- GAN losses
@@ -172,14 +176,10 @@ class PerceptualLoss(nn.Module):
                 )
             if not os.path.isfile(weights_path):
                 raise MissingFileError(f"ResNet-50 weights not found: {weights_path}")
-            from magvit_pl.models.resnet import ResNet50
-
             self.net = ResNet50()
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         elif backbone == "lpips_vgg16":
-            from magvit_pl.models.lpips import LPIPS
-
             self.net = LPIPS(weights_path)
         if self.net is not None:
             self.net.requires_grad_(False)
@@ -197,15 +197,12 @@ class PerceptualLoss(nn.Module):
         """Read the ResNet-50 weights (done on the first forward if not called before)."""
         if self._loaded:
             return
-        from magvit_pl.checkpoint import load_checkpoint
-
         sd = load_checkpoint(self.weights_path)  # weights-only; one-line errors for text, truncated or pickled files
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         try:
             self.net.load_state_dict(sd)
         except (RuntimeError, AttributeError, TypeError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise UserError(f"{self.weights_path} is not a torchvision resnet50 state dict: {first}") from None
+            raise UserError(f"{self.weights_path} is not a torchvision resnet50 state dict: {first_line(err)}") from None
         self._loaded = True
 
     def forward(self, real: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -227,12 +224,7 @@ class PerceptualLoss(nn.Module):
         else:
             idx = torch.arange(T, device=real.device).expand(B, T)
         gather = idx.view(B, 1, n, 1, 1).expand(B, C, n, H, W)
-
-        def pick(v: torch.Tensor) -> torch.Tensor:
-            v = torch.gather(v, 2, gather)  # (B, C, n, H, W)
-            return v.transpose(1, 2).reshape(B * n, C, H, W)
-
-        return pick(real), pick(recon)
+        return to_frames(torch.gather(real, 2, gather)), to_frames(torch.gather(recon, 2, gather))  # (B·n, C, H, W) each
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] frames (N, 3, H, W) → ResNet-50 logits (N, 1000), fed [0, 1] (``unit``) or ImageNet-normalised."""

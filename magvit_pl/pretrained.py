@@ -5,7 +5,7 @@ A folder holds only data, never code:
 ```
 config.json          what to build (checked, then built through the model allow-list) and how it was trained
 model.safetensors    the weights (fp32, or bf16 on request): the EMA tokenizer, or the MTM's transformer
-README.md            the model card (magvit_pl.model_card)
+README.md            the model card (magvit_pl.run.model_card)
 training_config.yaml the run's resolved LightningCLI config, when exported from a run (documentation only)
 tokenizer/           MTM only: the frozen tokenizer it was trained on, itself a tokenizer folder
 ```
@@ -16,7 +16,7 @@ The tokenizer's config (``model``) must pass :func:`~magvit_pl.models.config.che
 (``module``) must be plain data naming arguments of :class:`~magvit_pl.lit.mtm.MTMModule` (the checks
 ``MTMModule.from_checkpoint`` applies); its vocabulary and task table are JSON and must equal what the rebuilt
 model derives from them; ``data`` may name only the data module. Anything else is one
-:class:`~magvit_pl.errors.UserError` line before anything is built. ``from_pretrained("user/repo")`` fetches
+:class:`~magvit_pl.run.errors.UserError` line before anything is built. ``from_pretrained("user/repo")`` fetches
 such a folder from the Hugging Face Hub (:mod:`magvit_pl.hub`, optional).
 
 The CLI reaches these folders through three functions: :func:`load_tokenizer_any` (``reconstruct``, the MTM's
@@ -34,14 +34,23 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from magvit_pl import __version__
-from magvit_pl.checkpoint import DATA_MODULES, LIGHTNING_MODULES, check_init_kwargs, checked_hparams, load_weights
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.data.manifest import read_manifest
+from magvit_pl.hub import download, push_to_hub as push
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.config import build_from_config, check_config, check_values
+from magvit_pl.run.checkpoint import (DATA_MODULES, LIGHTNING_MODULES, check_init_kwargs, checked_hparams, load_checkpoint,
+                                      load_tokenizer, load_weights, save_checkpoint)
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.run.export import read_for_export
+from magvit_pl.run.files import atomic_path
+from magvit_pl.run.model_card import render_card, run_metrics
+from magvit_pl.tasks import discover_tasks
 
 FORMAT, FORMAT_VERSION = "magvit-pl", 1
 CONFIG, WEIGHTS, CARD, TRAINING_CONFIG, TOKENIZER_DIR = "config.json", "model.safetensors", "README.md", "training_config.yaml", "tokenizer"
@@ -71,14 +80,12 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, dtype: Dtype = 
         dtype: ``float32`` (bit-identical to the model) or ``bfloat16`` (half the size; loads as fp32).
         extra: more ``config.json`` entries (plain data): ``data`` (the data module's config), ``training``
             (step, source), ``module`` (a tokenizer module's options, for ``test``), ``clip`` (training clip size).
-        metrics: measured metrics for the model card (:func:`magvit_pl.model_card.run_metrics` tables).
+        metrics: measured metrics for the model card (:func:`magvit_pl.run.model_card.run_metrics` tables).
         commands: the commands that made the model, for the model card.
         files: more files to copy in, by name inside the folder (e.g. ``training_config.yaml``: documentation only,
             never read when loading).
         overwrite: replace an existing folder (never replaced otherwise).
     """
-    from magvit_pl.model_card import render_card
-
     folder = Path(folder)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -104,13 +111,11 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, dtype: Dtype = 
 
 
 def _write_folder(model: nn.Module, folder: Path, dtype: Dtype, extra: dict[str, Any]) -> dict[str, Any]:
-    from magvit_pl.lit.mtm import MTMModule
+    from magvit_pl.lit.mtm import MTMModule  # lazy: Lightning, and lit.mtm imports this module
 
     if isinstance(model, MTMModule):
         if model.transformer is None:
             model.configure_model()
-        from magvit_pl.model_card import render_card
-
         shared = {k: v for k, v in extra.items() if k in ("data", "training", "clip")}
         tokenizer_config = _write_folder(model.tokenizer, folder / TOKENIZER_DIR, dtype, shared)
         _write_text(folder / TOKENIZER_DIR / CARD, render_card(tokenizer_config, commands=["# the frozen tokenizer of the MTM one folder up"]))
@@ -141,8 +146,6 @@ def _write_folder(model: nn.Module, folder: Path, dtype: Dtype, extra: dict[str,
 def _save_weights(module: nn.Module, path: Path, dtype: torch.dtype) -> None:
     """``module``'s state dict as safetensors; floating tensors cast to ``dtype``; a tensor shared under two names
     (tied weights) stored once, the other name recorded in the metadata."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
@@ -197,8 +200,6 @@ def local_folder(name_or_path: str | os.PathLike, revision: str | None = None) -
     """A local folder for ``name_or_path``: itself, or the Hub snapshot of a repository id."""
     text = str(name_or_path)
     if text.startswith("hf://"):
-        from magvit_pl.hub import download
-
         return download(text[len("hf://"):], revision)
     path = Path(text)
     if path.exists():
@@ -207,8 +208,6 @@ def local_folder(name_or_path: str | os.PathLike, revision: str | None = None) -
                             "(make one from a checkpoint: python cli.py export --format safetensors)")
         return path
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith(("./", "../")):
-        from magvit_pl.hub import download
-
         try:
             return download(text, revision)
         except UserError as err:
@@ -228,7 +227,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise UserError(f"{path}: not valid JSON ({str(err).splitlines()[0][:100]})") from None
+        raise UserError(f"{path}: not valid JSON ({first_line(err)[:100]})") from None
     source = str(path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserError(f"{source}: 'format' must be {FORMAT!r}; not a model folder written by magvit-pl")
@@ -304,9 +303,8 @@ def load_mtm_folder(folder: str | os.PathLike) -> nn.Module:
 
 def build_mtm(hparams: dict[str, Any], tokenizer: nn.Module, source: str) -> nn.Module:
     """An ``MTMModule`` (transformer built, weights untrained) from checked hyper-parameters and its frozen tokenizer."""
-    from magvit_pl.lit.mtm import MTMModule
-    from magvit_pl.lit.mtm_options import constructor_args
-    from magvit_pl.tasks import discover_tasks
+    from magvit_pl.lit.mtm import MTMModule  # lazy: Lightning, and lit.mtm imports this module
+    from magvit_pl.lit.mtm_options import constructor_args  # with lit.mtm, above
 
     hparams = {k: v for k, v in checked_hparams(hparams, source).items() if not k.startswith("_")}
     args = constructor_args(hparams)
@@ -337,9 +335,6 @@ def _tokenizer_dir(folder: Path, config: dict[str, Any]) -> Path:
 def _load_weights(module: nn.Module, path: Path, dtype: str) -> None:
     """``path`` (safetensors, no pickle) into ``module``, strictly: every name and shape must fit; floating tensors
     must be of the folder's recorded ``dtype``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     if not path.is_file():
         raise MissingFileError(f"{path.parent}: {path.name} is missing")
     try:
@@ -348,7 +343,7 @@ def _load_weights(module: nn.Module, path: Path, dtype: str) -> None:
         tensors = load_file(str(path), device="cpu")
         aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(err, default=type(err).__name__)[:160]})") from None
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and v in tensors for k, v in aliases.items()):
         raise UserError(f"{path}: its '{ALIASES_KEY}' metadata must map names to stored tensors")
     wrong = next((k for k, v in tensors.items() if v.is_floating_point() and v.dtype != DTYPES[dtype]), None)
@@ -368,15 +363,13 @@ def _folder_of(path: str | os.PathLike) -> Path | None:
 def load_tokenizer_any(path: str | os.PathLike) -> nn.Module:
     """The frozen tokenizer of a tokenizer checkpoint, or of a model folder (a tokenizer's, or an MTM's: its tokenizer;
     ``hf://user/repo`` for one on the Hugging Face Hub)."""
-    from magvit_pl.checkpoint import load_tokenizer
-
     folder = _folder_of(path)
     return load_tokenizer_folder(folder) if folder is not None else load_tokenizer(path)
 
 
 def load_mtm_any(path: str | os.PathLike) -> nn.Module:
     """The ``MTMModule`` of an MTM checkpoint or of an MTM folder (``hf://user/repo`` on the Hub), in eval mode."""
-    from magvit_pl.lit.mtm import MTMModule
+    from magvit_pl.lit.mtm import MTMModule  # lazy: Lightning, and lit.mtm imports this module
 
     folder = _folder_of(path)
     return load_mtm_folder(folder) if folder is not None else MTMModule.from_checkpoint(str(path))
@@ -388,8 +381,6 @@ def training_clip_frames(path: str | os.PathLike) -> int | None:
     if folder is not None:
         frames = (read_config(folder).get("clip") or {}).get("num_frames")
     else:
-        from magvit_pl.checkpoint import load_checkpoint
-
         frames = (load_checkpoint(path).get("datamodule_hyper_parameters") or {}).get("num_frames")
     return int(frames) if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else None
 
@@ -400,8 +391,6 @@ def recorded_data(path: str | os.PathLike) -> dict[str, Any] | None:
     if folder is not None:
         data = read_config(folder).get("data")
         return dict(data.get("init_args", {})) if data else None
-    from magvit_pl.checkpoint import load_checkpoint
-
     hparams = load_checkpoint(path).get("datamodule_hyper_parameters")
     if not hparams:
         return None
@@ -415,10 +404,7 @@ def checkpoint_for_test(folder: str | os.PathLike, runs_root: str | os.PathLike 
     Everything is rebuilt from the checked folder (the model through :func:`from_pretrained`), so the files hold
     only this package's classes; the MTM's ``tokenizer_ckpt`` points at the folder's tokenizer.
     """
-    import lightning
-    import yaml
-
-    from magvit_pl.ckpt_io import save_atomically
+    import lightning  # lazy: a tokenizer folder loads without Lightning
 
     folder = Path(folder).resolve()
     config = read_config(folder)
@@ -430,7 +416,7 @@ def checkpoint_for_test(folder: str | os.PathLike, runs_root: str | os.PathLike 
                 "tokenizer_config": model.tokenizer.init_config, "nonfinite_steps": 0}
         state_dict = model.state_dict()
     else:
-        from magvit_pl.lit.tokenizer import TokenizerModule
+        from magvit_pl.lit.tokenizer import TokenizerModule  # lazy: Lightning
 
         options = {k: v for k, v in (config.get("module") or {}).items() if k not in TOKENIZER_MODULE_PARTS and not k.startswith("_")}
         check_init_kwargs(TokenizerModule, options, str(folder / CONFIG))
@@ -446,7 +432,7 @@ def checkpoint_for_test(folder: str | os.PathLike, runs_root: str | os.PathLike 
         digest.update(f"{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
     run = Path(runs_root) / "pretrained" / digest.hexdigest()[:16]
     ckpt = run / "checkpoints" / "last.ckpt"
-    save_atomically({"state_dict": state_dict, "hyper_parameters": {"_class_path": class_path, **init_args}, "magvit": meta,
+    save_checkpoint({"state_dict": state_dict, "hyper_parameters": {"_class_path": class_path, **init_args}, "magvit": meta,
                      "pytorch-lightning_version": lightning.__version__, "epoch": 0,
                      "global_step": int((config.get("training") or {}).get("global_step") or 0)}, ckpt)
     with atomic_path(run / "config.yaml") as tmp:
@@ -458,11 +444,8 @@ def checkpoint_for_test(folder: str | os.PathLike, runs_root: str | os.PathLike 
 def export_folder(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None = None, dtype: Dtype = "float32",
                   results: Sequence[str] = (), push_to_hub: str | None = None) -> Path:
     """``python cli.py export --format safetensors``: the model folder of any run checkpoint (Lightning file,
-    DeepSpeed or FSDP folder, consolidated by :func:`magvit_pl.export.read_for_export`), with a model card quoting
+    DeepSpeed or FSDP folder, consolidated by :func:`magvit_pl.run.export.read_for_export`), with a model card quoting
     the run's measured metrics and the commands that made it."""
-    from magvit_pl.export import read_for_export
-    from magvit_pl.model_card import run_metrics
-
     out = Path(output)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -503,8 +486,6 @@ def export_folder(ckpt_path: str, output: str, overwrite: bool = False, tag: str
     print(f"exported {label} {src} -> {out}/: {exported['magvit']['kind']}, {WEIGHTS} ({dtype}) + {CONFIG} + {CARD}, "
           f"{size / 2**20:.1f} MB")
     if push_to_hub:
-        from magvit_pl.hub import push_to_hub as push
-
         print(f"uploaded to the Hugging Face Hub: {push(out, push_to_hub)}")
     return out
 
@@ -533,12 +514,10 @@ def _data_summary(data: dict[str, Any]) -> dict[str, Any]:
     if not data:
         return {}
     try:
-        from magvit_pl.data import read_manifest
-
         if data.get("data_dir"):
             manifest = read_manifest(data["data_dir"])
         else:
-            from magvit_pl.data import VideoDataModule
+            from magvit_pl.data import VideoDataModule  # lazy: Lightning
 
             root = VideoDataModule(**{k: v for k, v in data.items() if k != "data_dir"}).root
             manifest = read_manifest(root) if (root / "manifest.json").is_file() else {}

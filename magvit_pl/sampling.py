@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from magvit_pl.commit import Mode, Vocab, mask_ratio_schedule
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 ModelFn = Callable[[Tensor], Tensor]
 
@@ -127,11 +127,34 @@ def decode(
         raise UserError(f"decoding steps must be >= 1, got {steps}")
     B = prefix.shape[0]
     z_cond = z_cond.reshape(B, -1).long()
-    cond = cond_mask.reshape(B, -1).bool()
-    N, K, device = z_cond.shape[1], vocab.codebook_size, z_cond.device
+    N = z_cond.shape[1]
     if steps > N:  # each step fixes at least one token: more steps only burn time (10^8 of them: for ever)
         raise UserError(f"decoding steps must be at most the number of tokens per clip ({N}), got {steps}")
-    masks = torch.full_like(z_cond, vocab.mask)
+    tokens, unknown, refill = _start(z_cond, cond_mask.reshape(B, -1).bool(), vocab.mask, mode)
+    num_maskable = unknown.sum(1)  # (B,)
+    if guidance_scale != 0.0 and uncond_prefix is None:
+        uncond_prefix = prefix.clone()
+        uncond_prefix[:, -1] = vocab.uncond  # the class token is the last prefix token
+
+    sampled = tokens
+    for step in range(steps):
+        logits = _step_logits(model_fn, prefix, tokens, unknown, vocab, guidance_scale, uncond_prefix)  # (B, N, K)
+        sampled = torch.where(unknown, sample_logits(logits, temperature, top_k, generator), tokens)
+        remask = _least_confident(logits, sampled, unknown, num_maskable, (step + 1) / steps, schedule,
+                                  choice_temperature, generator)
+        tokens = torch.where(remask, refill, sampled)
+        unknown = remask
+    return sampled
+
+
+def _start(z_cond: Tensor, cond: Tensor, mask_id: int, mode: Mode) -> tuple[Tensor, Tensor, Tensor]:
+    """The first input of decoding: ``(tokens, unknown, refill)``, each ``(B, N)``.
+
+    ``unknown`` marks the positions decoding predicts (all of them under COMMIT, the non-condition ones
+    under ``naive``); ``refill`` is what such a position shows while it is masked (``z̃`` on condition
+    positions under COMMIT, else [MASK]); ``tokens`` = ``refill`` where unknown, ``z̃`` elsewhere.
+    """
+    masks = torch.full_like(z_cond, mask_id)
     if mode == "commit":
         unknown = torch.ones_like(cond)
         refill = torch.where(cond, z_cond, masks)  # what a re-masked position shows
@@ -140,36 +163,38 @@ def decode(
         refill = masks
     else:
         raise UserError(f"conditioning mode {mode!r} is not known; choose commit or naive")
-    tokens = torch.where(unknown, refill, z_cond)  # (B, N)
-    num_maskable = unknown.sum(1)  # (B,)
-    guided = guidance_scale != 0.0
-    if guided and uncond_prefix is None:
-        uncond_prefix = prefix.clone()
-        uncond_prefix[:, -1] = vocab.uncond  # the class token is the last prefix token
+    return torch.where(unknown, refill, z_cond), unknown, refill
 
-    sampled = tokens
-    for step in range(steps):
-        seq = torch.cat([prefix, tokens], dim=1)  # (B, P + N)
-        if guided:
-            useq = torch.cat([uncond_prefix, torch.where(unknown, masks, tokens)], dim=1)
-            both = model_fn(torch.cat([seq, useq], dim=0))[:, -N:, :K].float()  # (2B, N, K)
-            c, u = both.chunk(2, dim=0)
-            logits = c + guidance_scale * (c - u)
-        else:
-            logits = model_fn(seq)[:, -N:, :K].float()  # (B, N, K)
-        sampled = torch.where(unknown, sample_logits(logits, temperature, top_k, generator), tokens)
-        logp = logits.gather(-1, sampled[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)  # (B, N)
-        progress = (step + 1) / steps
-        conf = torch.where(unknown, logp, torch.full_like(logp, float("inf")))
-        conf = conf + choice_temperature * (1.0 - progress) * gumbel(conf.shape, generator, device)
-        ratio = float(mask_ratio_schedule(progress, schedule, total=N))
-        num = torch.floor(num_maskable.double() * ratio).long().clamp(min=1)
-        num = torch.minimum(num, unknown.sum(1) - 1).clamp(min=0)  # (B,)
-        rank = conf.argsort(dim=1, stable=True).argsort(dim=1)  # (B, N), 0 = least confident
-        remask = rank < num[:, None]
-        tokens = torch.where(remask, refill, sampled)
-        unknown = remask
-    return sampled
+
+def _step_logits(model_fn: ModelFn, prefix: Tensor, tokens: Tensor, unknown: Tensor, vocab: Vocab,
+                 guidance_scale: float, uncond_prefix: Tensor | None) -> Tensor:
+    """Logits ``(B, N, K)`` over the codebook for every video position, with classifier-free guidance
+    ``c + s·(c − u)`` when ``guidance_scale`` s ≠ 0 (u: the unconditional pass, all unknown positions
+    [MASK]; both passes in one batch)."""
+    N, K = tokens.shape[1], vocab.codebook_size
+    seq = torch.cat([prefix, tokens], dim=1)  # (B, P + N)
+    if guidance_scale == 0.0:
+        return model_fn(seq)[:, -N:, :K].float()  # (B, N, K)
+    useq = torch.cat([uncond_prefix, torch.where(unknown, torch.full_like(tokens, vocab.mask), tokens)], dim=1)
+    both = model_fn(torch.cat([seq, useq], dim=0))[:, -N:, :K].float()  # (2B, N, K)
+    c, u = both.chunk(2, dim=0)
+    return c + guidance_scale * (c - u)
+
+
+def _least_confident(logits: Tensor, sampled: Tensor, unknown: Tensor, num_maskable: Tensor, progress: float,
+                     schedule: str, choice_temperature: float, generator: torch.Generator | None) -> Tensor:
+    """``(B, N)`` bool: the positions masked again after a step. Of the unknown positions, the
+    ``⌊maskable · ratio(progress)⌋`` (at least 1, at most all but one) with the lowest confidence
+    ``log p(sampled) + choice_temperature · (1 − progress) · Gumbel``; known positions never."""
+    N = sampled.shape[1]
+    logp = logits.gather(-1, sampled[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)  # (B, N)
+    conf = torch.where(unknown, logp, torch.full_like(logp, float("inf")))
+    conf = conf + choice_temperature * (1.0 - progress) * gumbel(conf.shape, generator, sampled.device)
+    ratio = float(mask_ratio_schedule(progress, schedule, total=N))
+    num = torch.floor(num_maskable.double() * ratio).long().clamp(min=1)
+    num = torch.minimum(num, unknown.sum(1) - 1).clamp(min=0)  # (B,)
+    rank = conf.argsort(dim=1, stable=True).argsort(dim=1)  # (B, N), 0 = least confident
+    return rank < num[:, None]
 
 
 @torch.no_grad()

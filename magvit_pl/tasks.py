@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run.errors import MissingWeightsError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Task(abc.ABC):
         [-1, 1] and the bool pixel mask ``(B, 1, T, H, W)`` of what the task gave. A metric that cannot be
         built (I3D weights not fetched) is left out and logged once.
         """
-        from magvit_pl.metrics.masked import MaskedPSNR, MaskedSSIM
+        from magvit_pl.metrics.masked import MaskedPSNR, MaskedSSIM  # lazy: plugins import this module; metrics load with the first task that scores
 
         out: dict[str, Any] = {}
         if include_fvd:

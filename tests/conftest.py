@@ -25,9 +25,11 @@ TINY_TOKENIZER = [
 
 
 @pytest.fixture(autouse=True)
-def _fresh_run_dir_env(monkeypatch):
-    """A fit in this process sets MAGVIT_PL_RUN_DIR (for DDP children); never let it leak into the next test."""
-    monkeypatch.delenv("MAGVIT_PL_RUN_DIR", raising=False)
+def _fresh_run_dir_env():
+    """A fit in this process sets MAGVIT_PL_RUN_DIR (for DDP children); never let it leak into the next test.
+    (Not through monkeypatch: a test's own monkeypatch.delenv after its fit would restore the leaked value
+    when monkeypatch is undone, after this fixture's cleanup.)"""
+    os.environ.pop("MAGVIT_PL_RUN_DIR", None)
     yield
     os.environ.pop("MAGVIT_PL_RUN_DIR", None)
 
@@ -68,7 +70,7 @@ def data_args(tiny_data) -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer_run(data_args, tmp_path_factory) -> Path:
     """A 4-step `fit --config configs/tokenizer.yaml` (shrunk) through the real CLI; returns the run dir."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     runs = tmp_path_factory.mktemp("runs")
     main(["fit", "--config", str(REPO / "configs" / "tokenizer.yaml"), "--runs_root", str(runs),
@@ -82,7 +84,7 @@ def tokenizer_run(data_args, tmp_path_factory) -> Path:
 def fit_tiny_mtm(tokenizer_run, data_args):
     """fit_tiny_mtm(runs_root) -> run dir: a 6-step tiny MTM (`fit --config configs/mtm.yaml`, shrunk) on the
     session's tiny tokenizer, through the real CLI, validating at steps 3 and 6."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     def fit(runs_root: Path) -> Path:
         main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--runs_root", str(runs_root),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from magvit_pl.cli import LIGHTNING_COMMANDS, MODEL_FREE_COMMANDS, main
+from magvit_pl.run.cli import LIGHTNING_COMMANDS, MODEL_FREE_COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -108,10 +108,15 @@ def test_every_shipped_model_yaml_parses(config):
 
 
 def _model_of(*names: str) -> dict:
+    """The model's init_args, with the clip sizes it takes from the data (linked: print_config shows them there)."""
     import yaml
 
     data = data_config_for(" ".join(names))
-    return yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))["model"]["init_args"]
+    config = yaml.safe_load(print_config(*(REPO / "configs" / "paper" / n for n in names), data))
+    model, sizes = config["model"]["init_args"], {k: config["data"]["init_args"][k] for k in ("num_frames", "resolution")}
+    if isinstance(model.get("discriminator"), dict):
+        model["discriminator"]["init_args"].update(sizes)
+    return {**model, **sizes} if "transformer" in model else model
 
 
 @pytest.mark.parametrize("names, size", [(["mtm_B.yaml"], "B"), (["mtm_B.yaml", "mtm_L.yaml"], "L"),
@@ -174,7 +179,7 @@ def test_readme_scale_out_commands_parse():
 
 def test_console_script_entry_exits_zero_on_success():
     # the `magvit` script runs sys.exit(main()): main must return None, not a value
-    code = "import sys; from magvit_pl.cli import main; sys.exit(main(['tasks']))"
+    code = "import sys; from magvit_pl.run.cli import main; sys.exit(main(['tasks']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "frame_prediction" in result.stdout

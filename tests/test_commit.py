@@ -14,7 +14,7 @@ from magvit_pl.commit import (
     masked_accuracy,
     sample_mask,
 )
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 VOCAB = Vocab(codebook_size=8, num_classes=3, task_names=("fp", "opc"))
 M = VOCAB.mask  # 12

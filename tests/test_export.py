@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
-from magvit_pl.cli import main
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.export import export
+from magvit_pl.run.checkpoint import load_checkpoint, load_tokenizer
+from magvit_pl.run.cli import main
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.export import export
 from magvit_pl.lit.mtm import MTMModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def test_deepspeed_zero_folder_is_consolidated_to_the_trained_fp32_weights(stage
 
 
 def test_deepspeed_folder_without_deepspeed_names_the_install_command(tmp_path, monkeypatch):
-    import magvit_pl.export as export_module
+    import magvit_pl.run.export as export_module
 
     folder = tmp_path / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)
@@ -345,7 +345,7 @@ def test_loading_a_folder_says_to_export_it_first(tmp_path):
 
 
 def test_cli_export_one_line_errors_and_success(tokenizer_run, tmp_path, capsys):
-    # needs `export` registered in magvit_pl.cli.MODEL_FREE_COMMANDS
+    # needs `export` registered in magvit_pl.run.cli.MODEL_FREE_COMMANDS
     for args, expected in [(["--ckpt_path", str(tmp_path / "missing"), "--output", str(tmp_path / "o.ckpt")], "missing: not found"),
                            (["--ckpt_path", str(tmp_path), "--output", str(tmp_path / "o.ckpt")], "not a checkpoint this command knows")]:
         with pytest.raises(SystemExit) as exit_info:

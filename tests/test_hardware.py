@@ -1,4 +1,4 @@
-"""magvit_pl.hardware: one-line errors for impossible hardware choices, in-place fixes for the safe ones."""
+"""magvit_pl.run.preflight: one-line errors for impossible hardware choices, in-place fixes for the safe ones."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +9,9 @@ import torch
 import yaml
 from jsonargparse import Namespace
 
-from magvit_pl import hardware
-from magvit_pl.errors import UserError
-from magvit_pl.hardware import check_trainer_config
+from magvit_pl.run import preflight as hardware
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.preflight import check_trainer_config
 from magvit_pl.lit.tokenizer import TokenizerModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,12 +127,12 @@ def test_half_precision_on_cpu_is_rewritten_to_fp32_with_a_warning(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_present)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     cfg = Namespace(accelerator=accelerator, devices=1, strategy="auto", precision=precision)
-    with caplog.at_level(logging.WARNING, logger="magvit_pl.hardware"):
+    with caplog.at_level(logging.WARNING, logger="magvit_pl.run.preflight"):
         check_trainer_config(cfg, MTM)
     assert cfg.precision == expected
-    warned = [r.getMessage() for r in caplog.records if r.name == "magvit_pl.hardware"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "magvit_pl.run.preflight"]
     if expected != precision:
-        assert warned == [f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.hardware)"]
+        assert warned == [f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.run.preflight)"]
     else:
         assert warned == []
 
@@ -140,7 +140,7 @@ def test_half_precision_on_cpu_is_rewritten_to_fp32_with_a_warning(monkeypatch, 
 def test_the_precision_warning_is_said_once_per_node(no_cuda, monkeypatch, caplog):
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child
     cfg = {"accelerator": "cpu", "precision": "bf16-mixed"}
-    with caplog.at_level(logging.WARNING, logger="magvit_pl.hardware"):
+    with caplog.at_level(logging.WARNING, logger="magvit_pl.run.preflight"):
         check_trainer_config(cfg, MTM)
     assert cfg["precision"] == "32-true" and not caplog.records
 
@@ -176,7 +176,7 @@ def test_tokenizer_ddp_class_path_gets_find_unused_parameters(no_cuda):
 
 # ------------------------------------------------------------- through the CLI (MagvitCLI.before_instantiate_classes)
 def test_cli_refuses_deepspeed_for_the_tokenizer_in_one_line(tmp_path, capsys, data_args):
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/deepspeed_zero2.yaml",
@@ -188,7 +188,8 @@ def test_cli_refuses_deepspeed_for_the_tokenizer_in_one_line(tmp_path, capsys, d
 
 
 def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data_args):
-    from magvit_pl.cli import RUN_DIR_ENV, run_lightning
+    from magvit_pl.run.lightning_cli import run_lightning
+    from magvit_pl.run.run_dir import RUN_DIR_ENV
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     cli = run_lightning(["fit", "--config", "configs/tokenizer.yaml", "--config", "configs/hardware/cpu.yaml", "--runs_root", str(tmp_path),
@@ -204,7 +205,8 @@ def test_cli_runs_bf16_on_cpu_as_fp32_and_records_it(tmp_path, monkeypatch, data
 
 def test_multinode_fit_needs_a_shared_run_dir(tmp_path, capsys, monkeypatch, data_args):
     """Each node would stamp its own run folder: without --run_dir (or a SLURM job id) it is refused."""
-    from magvit_pl.cli import RUN_DIR_ENV, main
+    from magvit_pl.run.cli import main
+    from magvit_pl.run.run_dir import RUN_DIR_ENV
 
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

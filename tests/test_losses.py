@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 from magvit_pl.losses import (LeCamEMA, PerceptualLoss, discriminator_gan_loss, generator_gan_loss, r1_penalty,
                               reconstruction_loss)
 from magvit_pl.models.resnet import ResNet50
@@ -174,7 +174,7 @@ def test_perceptual_frame_sampling_is_shared_and_distinct():
 
 def test_perceptual_lpips_backbone():
     pytest.importorskip("magvit_pl.models.lpips")
-    from magvit_pl.errors import MissingWeightsError
+    from magvit_pl.run.errors import MissingWeightsError
 
     try:
         loss = PerceptualLoss("lpips_vgg16", num_frames=2)

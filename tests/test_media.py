@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from magvit_pl.lit.common import LossCurves
+from magvit_pl.run.callbacks import LossCurves
 
 
 def write_metrics(path: Path, steps: int = 60, val: bool = True) -> Path:
@@ -54,7 +54,7 @@ def test_a_negative_loss_is_drawn(tmp_path):
 
 
 def test_each_group_gets_a_labelled_panel_with_a_scale_that_shows_it(tmp_path):
-    from magvit_pl.media import plot_curves, read_metrics_csv
+    from magvit_pl.run.media import plot_curves, read_metrics_csv
 
     series = read_metrics_csv(write_metrics(tmp_path / "metrics.csv"))
     assert set(series) == {"lr", "train/loss", "train/recon", "train/lecam", "train/q_usage", "val/psnr", "val/ssim"}
@@ -78,7 +78,7 @@ def test_each_group_gets_a_labelled_panel_with_a_scale_that_shows_it(tmp_path):
 
 
 def test_nothing_logged_yet_writes_nothing(tmp_path):
-    from magvit_pl.media import save_loss_curves
+    from magvit_pl.run.media import save_loss_curves
 
     (tmp_path / "metrics.csv").write_text("epoch,step\n")
     assert save_loss_curves(tmp_path / "metrics.csv", tmp_path / "c.png") is None
@@ -94,6 +94,6 @@ def test_nothing_logged_yet_writes_nothing(tmp_path):
       "val/fvd": ["val/fvd"], "lr-Adam": ["lr-Adam"]}),
 ])
 def test_panels_group_quantities_of_one_kind(names, panels):
-    from magvit_pl.media import curve_panels
+    from magvit_pl.run.media import curve_panels
 
     assert curve_panels(names) == panels

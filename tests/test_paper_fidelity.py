@@ -47,7 +47,7 @@ def data_config_for(names: list[str]) -> Path:
 @functools.lru_cache(maxsize=None)
 def resolved(recipe: str) -> dict:
     """The config ``fit --config …  --print_config`` resolves ``recipe`` ("a + b + data + c") to."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     names = [n.strip() for n in recipe.split("+")]
     if "data" not in names:

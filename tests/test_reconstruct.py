@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_tokenizer
-from magvit_pl.cli import main
+from magvit_pl.run.checkpoint import load_tokenizer
+from magvit_pl.run.cli import main
 from magvit_pl.data.video_io import read_video
 from magvit_pl.metrics.frame import VideoPSNR
 from magvit_pl.metrics.reconstruction import pooled_baseline
@@ -57,7 +57,7 @@ def test_reconstruct_chunks_a_video_and_reports_what_the_tokenizer_keeps(tokeniz
 
 
 def test_reconstruct_resizes_the_short_side_and_crops_to_the_token_size(tokenizer_run, clip, tmp_path, capsys):
-    from magvit_pl.reconstruct import reconstruct
+    from magvit_pl.run.reconstruct import reconstruct
 
     ckpt = str(tokenizer_run / "checkpoints" / "last.ckpt")
     report = reconstruct(str(clip), str(tmp_path / "r.gif"), ckpt_path=ckpt, resolution=32, max_frames=6, lpips=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.token_cache import TokenCache, clip_hashes
+from magvit_pl.lit.token_cache import TokenCache, clip_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_mtm_training_with_the_cache_matches_training_without(tmp_path, tokenize
     over the same 8 clips, no augmentation). Not bit-identical: the tokenizer's CPU convolutions are not
     batch-invariant, so a clip encoded inside another batch can flip a near-tie code (seen here: 1 token
     of 512 in one batch), which moves the loss in the 5th digit."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     runs = {}
     for cache in (0, 64):

@@ -17,8 +17,8 @@ _EXPORTS = {
     "shards": ["decode_sample", "encode_sample", "read_shard", "write_shard"],
     "stream": ["ClipSpec", "ShardClips"],
     "synthetic": ["ensure_default_dataset", "render_clip"],
-    "transforms": ["center_crop", "clip_indices", "frames_to_tensor", "pixels_to_unit", "random_crop", "resize",
-                   "resize_short_side", "sample_clip", "short_side_size", "tensor_to_frames", "unit_to_pixels"],
+    "transforms": ["center_crop", "clip_indices", "frames_to_tensor", "from_frames", "pixels_to_unit", "random_crop", "resize",
+                   "resize_short_side", "sample_clip", "short_side_size", "tensor_to_frames", "to_frames", "unit_to_pixels"],
     "video_io": ["VideoInfo", "VideoReadError", "encode_video", "probe", "read_video", "write_video"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -35,7 +35,7 @@ from magvit_pl.data.loader import ClipLoader
 from magvit_pl.data.manifest import check_shard_file, read_manifest
 from magvit_pl.data.shards import check_shard_name
 from magvit_pl.data.stream import ClipSpec, ShardClips
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 DATA_ENV = "MAGVIT_PL_DATA"  # overrides the default shard root "data/shards"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from magvit_pl.data.shards import class_name_problem
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".wmv", ".flv", ".3gp")
 SPLITS = ("train", "val", "test")

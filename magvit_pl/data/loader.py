@@ -28,7 +28,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from magvit_pl.data.stream import ShardClips
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 
 class DataWaitTerminated(UserError):

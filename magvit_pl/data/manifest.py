@@ -15,7 +15,7 @@ from pathlib import Path
 
 from magvit_pl import __version__
 from magvit_pl.data.shards import FORMAT_VERSION, ShardError, check_shard_name, class_name_problem
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 CREATED_BY = "magvit_pl.data.prepare"  # recorded in prepare's manifests (and how it knows its own folders)
 MAX_MANIFEST_BYTES = 1 << 30

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from magvit_pl.data.discover import SPLITS, Item
 from magvit_pl.data.manifest import CREATED_BY
 from magvit_pl.data.shards import SHARD_NAME, shard_name
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 LOCK_NAME = ".prepare.lock"
 # the temporary names io.atomic_path gives prepare's own files (mkstemp: 8 random characters)

@@ -15,7 +15,6 @@ see :mod:`magvit_pl.data.output_folder`.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -35,8 +34,8 @@ from magvit_pl.data.shards import (FORMAT_VERSION, MAX_SAMPLE_FRAMES, encode_sam
                                    write_shard)
 from magvit_pl.data.transforms import center_crop
 from magvit_pl.data.video_io import VideoReadError, probe, read_video
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_open, write_json
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_open, sha256_file, write_json
 
 GOP, PIX_FMT = 16, "yuv444p"  # mp4 payload: keyframe interval (cheap seeking) and chroma layout
 
@@ -265,7 +264,7 @@ def _work(task: tuple[Item, str, PrepareSettings]) -> FileResult:
     item, key, s = task
     result = FileResult(sha256=None)
     try:
-        result.sha256 = _sha256(item.path)
+        result.sha256 = sha256_file(item.path)
         frames, fps = process_file(item.path, s)
     except (UserError, OSError) as e:
         result.reason = getattr(e, "reason", None) or str(e)
@@ -282,14 +281,6 @@ def _work(task: tuple[Item, str, PrepareSettings]) -> FileResult:
     result.frames, result.height, result.width = (int(n) for n in frames.shape[:3])
     result.fps = fps
     return result
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

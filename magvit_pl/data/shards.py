@@ -37,8 +37,8 @@ from av.video.reformatter import VideoReformatter
 
 from magvit_pl.data.transforms import clip_indices
 from magvit_pl.data.video_io import VideoReadError, check_frame_size, encode_video, to_rgb
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_path
 
 FORMAT_VERSION = 1
 PAYLOADS = ("mp4", "npy")

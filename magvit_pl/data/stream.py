@@ -42,7 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from magvit_pl.data.shards import SampleError, ShardError, decode_sample, read_shard, sample_meta
 from magvit_pl.data.transforms import frames_to_tensor, square_clip
 from magvit_pl.data.video_io import VideoReadError
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 MAX_FAILURES = 100  # unusable training samples or shards in a row before a run stops
 _HINT = "lower --data.num_frames / --data.frame_stride or prepare again with a larger --min_frames"

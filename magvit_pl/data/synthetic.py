@@ -31,8 +31,8 @@ from magvit_pl.data.dead_leaves import CLASSES, render_clip
 from magvit_pl.data.pool import die_with_parent
 from magvit_pl.data.shards import (FORMAT_VERSION, StorageFormat, encode_sample, make_key, shard_name, umask_mode,
                                    write_shard)
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_open, write_json
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_open, write_json
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 # libx264 'superfast' encodes these small clips twice as fast as 'medium', at higher PSNR for ~1.8x the

@@ -1,14 +1,21 @@
-"""Frame transforms: the short-side rule, resizing, crops, flips, clip sampling, and the one
-conversion between uint8 pixels and model values in [-1, 1].
+"""Frame transforms: the short-side rule, resizing, crops, flips, clip sampling, and how a video looks in
+each place with the one conversion between each pair of forms:
 
-Frames are channel-last ``(..., H, W, C)`` numpy arrays or torch tensors, and come back as the type
-they went in as. A model video is a float tensor ``(C, T, H, W)`` (or ``(B, C, T, H, W)``) in [-1, 1].
+* on disk, in shards and in data pipelines: uint8 frames ``(T, H, W, C)``, 0..255, channel-last numpy arrays or
+  torch tensors (transforms give back the type they were given);
+* inside models, losses and metrics: float clips ``(C, T, H, W)`` (or ``(B, C, T, H, W)``) in [-1, 1]
+  (:func:`frames_to_tensor` / :func:`tensor_to_frames`: ``x / 127.5 − 1`` and back by rounding after clamping, so
+  a uint8 clip survives the round trip exactly);
+* per-frame networks and metrics (LPIPS, Inception, PSNR/SSIM): frames ``(B·T, C, H, W)``
+  (:func:`to_frames` / :func:`from_frames`).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
+
+from magvit_pl.run.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -31,16 +38,38 @@ def unit_to_pixels(x: "torch.Tensor") -> "torch.Tensor":
     return x.detach().float().cpu().clamp(-1, 1).add_(1).mul_(127.5).round_().byte()
 
 
-def frames_to_tensor(frames: np.ndarray) -> "torch.Tensor":
-    """uint8 frames (T, H, W, 3) -> float32 video (3, T, H, W) in [-1, 1]."""
+def frames_to_tensor(frames: Frames) -> "torch.Tensor":
+    """uint8 frames (T, H, W, C) -> float32 video (C, T, H, W) in [-1, 1]; batches (B, T, H, W, C) -> (B, C, T, H, W)."""
     import torch  # loaded on first use: prepare crops frames and never needs torch
 
-    return pixels_to_unit(torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2))  # (C, T, H, W)
+    x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    return pixels_to_unit(x.movedim(-1, -4))  # (..., C, T, H, W)
 
 
 def tensor_to_frames(video: "torch.Tensor") -> np.ndarray:
-    """float video (3, T, H, W) in [-1, 1] -> uint8 frames (T, H, W, 3) (clamped and rounded)."""
-    return unit_to_pixels(video).permute(1, 2, 3, 0).contiguous().numpy()
+    """float video (C, T, H, W) in [-1, 1] -> uint8 frames (T, H, W, C) (clamped and rounded); batches
+    (B, C, T, H, W) -> (B, T, H, W, C)."""
+    return unit_to_pixels(video).movedim(-4, -1).contiguous().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# clips <-> frames (per-frame networks and metrics: LPIPS, Inception, PSNR/SSIM)
+
+
+def to_frames(video: "torch.Tensor") -> "torch.Tensor":
+    """``(B, C, T, H, W)`` -> ``(B·T, C, H, W)``, clip by clip; frames ``(N, C, H, W)`` pass through."""
+    if video.ndim == 5:
+        b, c, t, h, w = video.shape
+        return video.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
+    if video.ndim == 4:
+        return video
+    raise UserError(f"expected videos (B, C, T, H, W) or frames (N, C, H, W), got shape {tuple(video.shape)}")
+
+
+def from_frames(frames: "torch.Tensor", batch: int) -> "torch.Tensor":
+    """``(B·T, C, H, W)`` -> ``(B, C, T, H, W)``: the inverse of :func:`to_frames` for ``batch`` clips."""
+    n, c, h, w = frames.shape
+    return frames.reshape(batch, n // batch, c, h, w).transpose(1, 2)  # (B, C, T, H, W)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from magvit_pl.data.transforms import short_side_size
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import atomic_path
 
 Source = Union[str, os.PathLike, bytes]
 

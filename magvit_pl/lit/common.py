@@ -1,13 +1,11 @@
-"""Small pieces both LightningModules share: EMA update, NaN/inf guard, where media files go."""
+"""Small pieces both LightningModules share: the EMA update and the NaN/inf guard."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
 
-from magvit_pl.errors import NonFiniteLossError
+from magvit_pl.run.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +42,3 @@ class NonFiniteGuard:
                 "stopping — the last checkpoint is intact; lower the learning rate or check the data"
             )
         return False
-
-
-def media_dir(trainer) -> Path:
-    """``<run dir>/media``: where reconstructions, samples and curves are written."""
-    root = Path(trainer.default_root_dir)  # the CLI sets it to the run dir; trainer.log_dir would sync ranks
-    path = root / "media"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-
-class LossCurves(Callback):
-    """After each validation, draw ``media/loss_curves.png`` from the run's ``metrics.csv`` (rank 0).
-
-    One panel per group of logged quantities (train losses, train diagnostics, each validation metric,
-    the learning rate; see :func:`magvit_pl.media.plot_curves`): smoothed lines over faint raw points,
-    axes with ticks and labels, a legend, and a linear, log or symlog y axis so that every series is
-    visible whatever its sign and magnitude.
-    """
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking or trainer.logger is None:
-            return
-        trainer.logger.save()
-        path = Path(trainer.logger.log_dir) / "metrics.csv"
-        if path.is_file():
-            from magvit_pl.media import save_loss_curves
-
-            save_loss_curves(path, media_dir(trainer) / "loss_curves.png")

@@ -5,7 +5,7 @@ available, PSNR/SSIM on the given region, any the task adds) and the share of co
 decoding kept. It is fed :class:`~magvit_pl.lit.mtm_batch.Sample` objects and knows nothing of the
 LightningModule that calls it; :meth:`~magvit_pl.lit.mtm.MTMModule.test_step` samples, feeds it and
 writes one grid per task, and ``on_test_epoch_end`` prints the table and writes ``results.json``
-(:mod:`magvit_pl.lit.report`).
+(:mod:`magvit_pl.run.report`).
 
 The protocol (:class:`EvalConfig`, recorded in ``results.json``): ``num_repeats`` independent sets of
 ``num_samples`` generated clips, each scored against the real clips it was conditioned on; every metric
@@ -35,8 +35,11 @@ import torch
 from torch.nn import ModuleDict, ModuleList
 from torchmetrics import MetricCollection
 
-from magvit_pl.errors import UserError
 from magvit_pl.lit.mtm_batch import Sample
+from magvit_pl.metrics.fvd import PairedFVD, test_set_key
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import sha256_file
+from magvit_pl.run.weights import cache_dir
 from magvit_pl.tasks import Condition, Task, resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -178,8 +181,6 @@ def sample_seed(seed: int, batch_idx: int, pass_idx: int) -> int:
 
 # ------------------------------------------------------------------------------------- evaluator
 def _is_fvd(metric: Any) -> bool:
-    from magvit_pl.metrics.fvd import PairedFVD
-
     return isinstance(metric, PairedFVD)
 
 
@@ -293,9 +294,6 @@ class TaskEvaluator:
         manifest = Path(getattr(dm, "root", "")) / "manifest.json" if dm is not None else None
         if not fvds or manifest is None or not manifest.is_file():
             return None
-        from magvit_pl.metrics.fvd import test_set_key
-        from magvit_pl.weights import cache_dir, sha256_file
-
         digest = sha256_file(manifest)
         selection = {"split": getattr(dm, "splits", {}).get("test"), "num_frames": getattr(dm, "num_frames", None),
                      "resolution": getattr(dm, "resolution", None), "frame_stride": getattr(dm, "frame_stride", None),

@@ -16,28 +16,30 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from magvit_pl.checks import check_args
-from magvit_pl.checkpoint import check_init_kwargs, load_weights, read_model_checkpoint
 from magvit_pl.commit import CommitConfig, TaskSchedule, Vocab
-from magvit_pl.errors import UserError
-from magvit_pl.lit.common import NonFiniteGuard, media_dir
+from magvit_pl.lit.common import NonFiniteGuard
 from magvit_pl.lit.evaluation import EvalConfig, TaskEvaluator, eval_task_names, make_plan, sample_seed
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.checkpoint import check_init_kwargs, load_weights, read_model_checkpoint
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.run_dir import media_dir
 from magvit_pl.lit.mtm_batch import Sample, clip_tokens, commit_step, sample, tokenize
-from magvit_pl.lit.report import write_results
+from magvit_pl.run.report import write_results
 from magvit_pl.lit.mtm_options import FLAT_LAYOUT, OptimConfig, TaskConfig, constructor_args, is_flat_layout, with_defaults
-from magvit_pl.media import save_video_grid
+from magvit_pl.run.media import save_video_grid
 from magvit_pl.models.attention import resolve_backend
 from magvit_pl.models.checkpointing import apply_activation_checkpointing, drop_legacy_flag
 from magvit_pl.models.config import build_from_config
 from magvit_pl.models.transformer import BidirectionalTransformer, TransformerConfig
+from magvit_pl.pretrained import load_tokenizer_any
 from magvit_pl.sampling import SamplingConfig
-from magvit_pl.schedules import total_training_steps, warmup_cosine
+from magvit_pl.lit.schedules import total_training_steps, warmup_cosine
 from magvit_pl.tasks import Task, discover_tasks, get_task
-from magvit_pl.token_cache import TokenCache, clip_hashes
+from magvit_pl.lit.token_cache import TokenCache, clip_hashes
 
 log = logging.getLogger(__name__)
-# what each numeric hyper-parameter of MTMModule may be (checked by magvit_pl.checks.check_args on self.hparams)
-# one-line checks of the numeric options (magvit_pl.checks), per option group ("" = the module's own arguments)
+# what each numeric hyper-parameter of MTMModule may be (checked by magvit_pl.run.checks.check_args on self.hparams)
+# one-line checks of the numeric options (magvit_pl.run.checks), per option group ("" = the module's own arguments)
 ARG_RULES: dict[str, dict[str, str]] = {
     "": {"num_classes": ">= 0", "num_frames": ">= 1", "resolution": ">= 1", "num_media_clips": ">= 0", "media_fps": ">= 1",
          "max_consecutive_nonfinite": ">= 1", "token_cache_clips": ">= 0"},
@@ -61,8 +63,8 @@ class MTMModule(LightningModule):
             (``export --format safetensors``); its EMA tokenizer is frozen.
         num_classes: Number of class labels in the data (class tokens; the data module must agree); 0 for
             data without classes (BAIR), which then trains no class-conditional task.
-        num_frames: Frames per clip (must match the data module).
-        resolution: Clip height and width (must match the data module).
+        num_frames: Frames per clip (must match the data module; the CLI sets it from ``data.num_frames``).
+        resolution: Clip height and width (must match the data module; the CLI sets it from ``data.resolution``).
         tasks: Tasks to train on and the run-wide task options.
         transformer: Size and regularisation of the transformer (B: the defaults).
         commit: COMMIT training: conditioning mode, mask schedule, loss weights, class dropout.
@@ -78,7 +80,7 @@ class MTMModule(LightningModule):
         seed: Seed of the task cycle and the masks (saved with the checkpoint).
         token_cache_clips: Keep the frozen tokenizer's tokens of up to this many clips, keyed by the clip's
             pixels, and look them up instead of encoding a clip seen before (0 = off). Pays off when
-            augmentation is off (see :mod:`magvit_pl.token_cache`); z̃ is still encoded per task.
+            augmentation is off (see :mod:`magvit_pl.lit.token_cache`); z̃ is still encoded per task.
         tokenizer: The frozen tokenizer itself, already built (``from_checkpoint`` passes the one stored
             in the MTM checkpoint); ``None`` = load it from ``tokenizer_ckpt`` in ``configure_model``.
     """
@@ -145,9 +147,7 @@ class MTMModule(LightningModule):
             return
         hp = self.hparams
         if self.tokenizer is None:
-            from magvit_pl.pretrained import load_tokenizer_any  # a checkpoint or a model folder
-
-            self.tokenizer = load_tokenizer_any(hp.tokenizer_ckpt)
+            self.tokenizer = load_tokenizer_any(hp.tokenizer_ckpt)  # a checkpoint or a model folder
         k = self.tokenizer.codebook_size
         self.grid = self.tokenizer.token_grid(hp.num_frames, hp.resolution, hp.resolution)
         self.vocab = self.task_config.vocab(k, hp.num_classes, {n: self.task(n).family for n in self.task_names})

@@ -16,7 +16,7 @@ from magvit_pl import commit, sampling
 from magvit_pl.commit import CommitConfig, Vocab
 from magvit_pl.sampling import SamplingConfig
 from magvit_pl.tasks import Condition, Task
-from magvit_pl.token_cache import TokenCache, clip_hashes
+from magvit_pl.lit.token_cache import TokenCache, clip_hashes
 
 
 @dataclass

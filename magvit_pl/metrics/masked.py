@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from magvit_pl.data.transforms import to_frames
+
+
 #: PSNR of a perfect reconstruction would be infinite; MSE is floored here so a perfect match reads
 #: 10·log10(4 / 1e-10) ≈ 106.0 dB at data range 2, and an average over videos stays finite.
 MSE_FLOOR = 1e-10
@@ -81,9 +84,7 @@ def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: float =
     """Per-video SSIM averaged over the masked pixels. Returns ``(ssim (B,), valid (B,) bool)``."""
     mask = _check(preds, target, mask)
     b, c, t, h, w = preds.shape
-    frames_p = preds.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-    frames_t = target.transpose(1, 2).reshape(b * t, c, h, w)
-    s = ssim_map(frames_p, frames_t, data_range).view(b, t, h, w)
+    s = ssim_map(to_frames(preds), to_frames(target), data_range).view(b, t, h, w)
     weight = mask[:, 0].to(s.dtype)  # (B, T, H, W)
     count = weight.flatten(1).sum(1)
     score = (s * weight).flatten(1).sum(1) / count.clamp_min(1)

@@ -8,8 +8,8 @@ has learned less than blurring does.
 :class:`ReconstructionMetrics` accumulates PSNR, SSIM, LPIPS (when its weights are fetched) and
 reconstruction FVD (when the I3D weights are fetched and clips have at least 9 frames) of
 reconstructions against originals, all in [-1, 1]; metrics whose weights are missing are reported as
-skipped with the reason, never as a number. :func:`print_table` shows results side by side (used by
-``cli.py test`` on a tokenizer, ``cli.py reconstruct`` and ``benchmarks/reconstruction.py``).
+skipped with the reason, never as a number; :data:`COLUMNS` are how tables show them
+(:func:`magvit_pl.run.report.print_table`).
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingWeightsError
 from magvit_pl.metrics.frame import LPIPSMetric, VideoPSNR, VideoSSIM
+from magvit_pl.metrics.fvd import FrechetVideoDistance
+from magvit_pl.run.errors import MissingWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ class ReconstructionMetrics:
         self.lpips = self._optional("lpips", lambda: LPIPSMetric().to(device)) if lpips else None
         self.fvd = None
         if fvd:
-            from magvit_pl.metrics.fvd import FrechetVideoDistance
-
             self.fvd = self._optional("rfvd", lambda: FrechetVideoDistance().to(device))
         self.clips = 0
 
@@ -92,24 +91,3 @@ class ReconstructionMetrics:
 
 #: the columns every reconstruction table shows: (result key, header, number format)
 COLUMNS = (("psnr", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"), ("lpips", "LPIPS", ".3f"), ("rfvd", "rFVD", ".1f"))
-
-
-def print_table(rows: dict[str, dict], title: str, extra: Sequence[tuple[str, str, str]] = (),
-                columns: Sequence[tuple[str, str, str]] = COLUMNS) -> None:
-    """Print one row per entry of ``rows`` (name → a :meth:`ReconstructionMetrics.compute` result) with
-    ``columns`` and any ``extra`` (key, header, format) columns ("–" where a row has no value), then one
-    line per skipped metric saying why."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("model", overflow="fold")  # long checkpoint paths wrap instead of squeezing the numbers
-    for _, header, _ in (*columns, *extra):
-        table.add_column(header, justify="right")
-    for name, r in rows.items():
-        table.add_row(name, *("–" if r.get(key) is None else format(r[key], fmt) for key, _, fmt in (*columns, *extra)))
-    console = Console(width=max(Console().width, 120))  # a pipe or a log file gets 120 columns, not 80
-    console.print(table)
-    skipped = {k: v for r in rows.values() for k, v in r.get("skipped", {}).items()}
-    for k, v in skipped.items():
-        console.print(f"{k} skipped: {v}", markup=False, highlight=False)

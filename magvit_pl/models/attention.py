@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 Backend = Literal["sdpa", "xformers", "math"]
 BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")

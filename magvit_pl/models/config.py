@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError, first_line
 
 #: the classes of this package that a recorded config may name
 BUILTIN_CLASSES: tuple[str, ...] = (
@@ -206,7 +206,7 @@ def _build(value: Any, source: str) -> Any:
             raise UserError(f"{source}: cannot build {value['class_path']}: {err}") from None
         except (TypeError, ValueError, AssertionError) as err:
             raise UserError(f"{source}: cannot build {value['class_path']} from its recorded arguments "
-                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                            f"({type(err).__name__}: {first_line(err)})") from None
     if isinstance(value, dict):
         return {k: _build(v, source) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.checks import check_args
-from magvit_pl.errors import UserError
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.errors import UserError
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.blocks import avg_pool_down
 

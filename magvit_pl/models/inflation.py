@@ -28,7 +28,8 @@ from typing import Literal, Mapping
 import torch
 import torch.nn as nn
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.checkpoint import load_checkpoint
+from magvit_pl.run.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def load_init_parts(path: str | os.PathLike, prefix: str = "") -> InitParts:
       generator from ``tokenizer.``, the EMA from ``ema_tokenizer.``, the discriminator from ``discriminator.``.
     * Otherwise a plain tokenizer state dict: generator and EMA from it; no discriminator.
     """
-    from magvit_pl.checkpoint import load_checkpoint
-
     obj = load_checkpoint(path)  # weights-only; one-line errors for missing, foreign, truncated files and folders
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
@@ -158,9 +157,7 @@ def init_run_from_checkpoint(path: str | os.PathLike, tokenizer: nn.Module, ema:
 def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """Read a plain state dict or a Lightning checkpoint (its ``state_dict``), keeping the entries that
     start with ``prefix`` (e.g. ``'tokenizer.'``), with the prefix removed."""
-    from magvit_pl.checkpoint import load_checkpoint
-
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path)  # weights-only; one-line errors for missing, foreign, truncated files and folders
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
         raise UserError(f"{path} holds no state dict")

@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.errors import UserError
-from magvit_pl.weights import flatten, load_numpy_pickle, resolve
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.unpickle import flatten, load_numpy_pickle
+from magvit_pl.run.weights import resolve
 
 # VGG16 conv widths per stage; each stage ends in the ReLU LPIPS taps, then a 2×2 max-pool
 _STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from magvit_pl.checks import check_args
+from magvit_pl.run.checks import check_args
 from magvit_pl.models.config import ConfigMixin
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.models import kernels
 from magvit_pl.models.blocks import (
     PADDING_MODES,
@@ -265,7 +265,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # BAIR at 64 px: 16x64x64 → 4x16x16
     "bair_B": dict(base_channels=64, channel_multipliers=(1, 2, 4), embedding_dim=256, codebook_size=1024),
     "bair_L": dict(base_channels=128, channel_multipliers=(1, 2, 4), embedding_dim=256, codebook_size=1024),
-    # CPU-sized (~0.7 s per G+D step at batch 4 of 8x32x32 clips on one core): 8x32x32 → 2x8x8
+    # CPU-sized (step time: benchmarks/tokenizer.py, benchmarks/README.md): 8x32x32 → 2x8x8
     "tiny": dict(
         base_channels=16, channel_multipliers=(1, 2, 2), num_res_blocks=1, embedding_dim=64, codebook_size=256
     ),

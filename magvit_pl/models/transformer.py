@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.models.attention import Backend, KVCache, attention
 
 

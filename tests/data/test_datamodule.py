@@ -14,7 +14,7 @@ from magvit_pl.data.datamodule import VideoDataModule
 from magvit_pl.data.manifest import read_manifest
 from magvit_pl.data.transforms import frames_to_tensor, tensor_to_frames
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from magvit_pl.data import prepare as prepare_mod
 from magvit_pl.data.prepare import prepare
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 def _samples(out):

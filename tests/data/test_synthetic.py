@@ -9,7 +9,7 @@ import pytest
 
 from magvit_pl.data import synthetic
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 SMALL = dict(num_train=16, num_val=8, num_test=8, num_frames=8, resolution=32, shard_size=8, workers=0)
 

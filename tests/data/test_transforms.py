@@ -1,11 +1,12 @@
-"""The one uint8 <-> [-1, 1] conversion, the one short-side rule and the clip transform of the loader."""
+"""The one uint8 <-> [-1, 1] conversion (clips and batches), clips <-> frames, the one short-side rule and the clip
+transform of the loader."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from magvit_pl.data.transforms import (frames_to_tensor, pixels_to_unit, short_side_size, square_clip,
-                                       tensor_to_frames, unit_to_pixels)
+from magvit_pl.data.transforms import (frames_to_tensor, from_frames, pixels_to_unit, short_side_size, square_clip,
+                                       tensor_to_frames, to_frames, unit_to_pixels)
 
 
 def test_pixels_and_unit_values_convert_exactly_both_ways():
@@ -25,6 +26,24 @@ def test_frames_and_video_layouts():
     video = frames_to_tensor(frames)
     assert video.shape == (3, 4, 6, 8) and video[1, 2, 3, 4] == frames[2, 3, 4, 1] / 127.5 - 1
     assert np.array_equal(tensor_to_frames(video), frames)
+
+
+def test_batches_convert_clip_by_clip_and_out_of_range_values_clamp():
+    frames = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8)  # (B, T, H, W, C)
+    batch = frames_to_tensor(frames)
+    assert batch.shape == (2, 3, 3, 4, 4) and torch.equal(batch[1], frames_to_tensor(frames[1]))
+    assert np.array_equal(tensor_to_frames(batch), frames)
+    assert frames_to_tensor(torch.from_numpy(frames)).equal(batch)  # a uint8 tensor converts the same
+    assert tensor_to_frames(torch.tensor([-3.0, -1.0, 0.0, 1.0, 7.0]).view(1, 1, 5, 1)).flatten().tolist() == [0, 0, 128, 255, 255]
+
+
+def test_clips_to_frames_go_clip_by_clip_and_back():
+    video = torch.arange(2 * 3 * 4 * 2 * 2, dtype=torch.float32).view(2, 3, 4, 2, 2)  # (B, C, T, H, W)
+    frames = to_frames(video)
+    assert frames.shape == (8, 3, 2, 2)
+    assert torch.equal(frames[5], video[1, :, 1])  # clip 1, frame 1
+    assert torch.equal(from_frames(frames, 2), video)
+    assert to_frames(frames) is frames  # frames pass through
 
 
 def test_one_short_side_rule_for_decoding_and_resizing():

@@ -7,7 +7,7 @@ import torch
 
 from magvit_pl.data.transforms import center_crop, clip_indices, random_crop, resize_short_side, sample_clip
 from magvit_pl.data.video_io import VideoReadError, encode_video, probe, read_video, write_video
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 
 
 def _mae(a: np.ndarray, b: np.ndarray) -> float:

@@ -73,7 +73,7 @@ def test_checkpoint_written_on_gpu_loads_on_cpu_through_the_checked_loader(tmp_p
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
-    from magvit_pl.checkpoint import load_tokenizer
+    from magvit_pl.run.checkpoint import load_tokenizer
     from magvit_pl.lit.tokenizer import TokenizerModule
     from magvit_pl.models.tokenizer import VQTokenizer
 

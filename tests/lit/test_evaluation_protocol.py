@@ -136,13 +136,13 @@ def unlabelled_data(tiny_data, tmp_path_factory) -> Path:
 
 def test_bair_like_single_task_run_without_classes_end_to_end(tokenizer_run, unlabelled_data, tiny_mtm_args, tmp_path, capsys):
     """num_classes 0, one task (no task token), then test with 6 samples x 2 repeats over 2 clips per video."""
-    from magvit_pl.checkpoint import load_checkpoint
-    from magvit_pl.cli import main
+    from magvit_pl.run.checkpoint import load_checkpoint
+    from magvit_pl.run.cli import main
 
     data = ["--data.init_args.data_dir", str(unlabelled_data), "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
             "--data.init_args.eval_batch_size", "4", "--data.init_args.train_samples_per_epoch", "8", "--data.init_args.num_frames", "6",
             "--trainer.enable_progress_bar", "false"]
-    model = ["--model.init_args.num_classes", "0", "--model.init_args.num_frames", "6", "--model.init_args.tasks.names", "[frame_prediction]",
+    model = ["--model.init_args.num_classes", "0", "--model.init_args.tasks.names", "[frame_prediction]",
              "--model.init_args.tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"), *tiny_mtm_args]
     main(["fit", "--config", str(REPO / "configs" / "mtm.yaml"), "--run_dir", str(tmp_path / "fit"), "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", *model, *data])
@@ -164,7 +164,7 @@ def test_bair_like_single_task_run_without_classes_end_to_end(tokenizer_run, unl
 
 
 def test_protocol_flags_are_checked_in_one_line(tmp_path, capsys):
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     for args, expected in ((["--config", str(REPO / "configs" / "tokenizer.yaml"), "--num_samples", "5"], "--num_samples 5: only an MTM model"),
                            (["--config", str(REPO / "configs" / "mtm.yaml"), "--num_repeats", "0"], "--num_repeats 0: must be >= 1")):

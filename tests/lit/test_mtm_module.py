@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_checkpoint
-from magvit_pl.cli import main
-from magvit_pl.errors import UserError
+from magvit_pl.run.checkpoint import load_checkpoint
+from magvit_pl.run.cli import main
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.mtm import MTMModule
 from magvit_pl.lit.mtm_options import upgrade_checkpoint
 
@@ -69,7 +69,7 @@ def test_test_task_family_prints_table_and_writes_results(mtm_run, capsys):
 
 def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
     from magvit_pl.data.video_io import read_video, write_video
-    from magvit_pl.generate import generate
+    from magvit_pl.run.generate import generate
 
     ckpt = str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")
     clip = tmp_path / "in.mp4"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from magvit_pl.commit import CommitConfig
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.evaluation import EvalConfig
 from magvit_pl.lit.mtm import MTMModule
 from magvit_pl.lit.mtm_options import OptimConfig, TaskConfig, constructor_args, group_flat_hparams

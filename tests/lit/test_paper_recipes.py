@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.mtm import MTMModule
 from magvit_pl.lit.mtm_options import TaskConfig
 from magvit_pl.lit.tokenizer import TokenizerModule
@@ -127,7 +127,7 @@ def test_init_from_a_2d_run_inflates_generator_ema_and_discriminator(tmp_path, c
 
 def test_the_two_stage_recipe_runs_through_the_cli(tiny_tokenizer_args, data_args, tmp_path, caplog):
     """2D stage (configs/paper/tokenizer_2d.yaml over the demo tokenizer) → 3D run initialised from it."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     common = ["--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
               *tiny_tokenizer_args, *data_args]

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_tokenizer
-from magvit_pl.cli import complete_eval_args, main
+from magvit_pl.run.checkpoint import load_tokenizer
+from magvit_pl.run.cli import main
+from magvit_pl.run.lightning_cli import complete_eval_args
 from magvit_pl.data.video_io import read_video
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.metrics.frame import VideoPSNR
 from magvit_pl.metrics.reconstruction import pooled_baseline
 

@@ -6,8 +6,8 @@ import csv
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
-from magvit_pl.errors import NonFiniteLossError, UserError
+from magvit_pl.run.checkpoint import load_checkpoint, load_tokenizer
+from magvit_pl.run.errors import NonFiniteLossError, UserError
 from magvit_pl.lit.common import NonFiniteGuard, update_ema
 
 
@@ -85,11 +85,11 @@ def test_validation_reports_reconstruction_fvd_when_i3d_is_fetched(tmp_path):
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader, Dataset
 
-    from magvit_pl.errors import MissingWeightsError
+    from magvit_pl.run.errors import MissingWeightsError
     from magvit_pl.lit.tokenizer import TokenizerModule
     from magvit_pl.models.quantizers.vq import VectorQuantizer
     from magvit_pl.models.tokenizer import VQTokenizer
-    from magvit_pl.weights import weight_path
+    from magvit_pl.run.weights import weight_path
 
     try:
         weight_path("i3d")

@@ -24,8 +24,8 @@ def clip_path(name: str) -> Path:
 
 
 def weights_or_skip(name: str) -> Path:
-    from magvit_pl.errors import MissingWeightsError
-    from magvit_pl.weights import weight_path
+    from magvit_pl.run.errors import MissingWeightsError
+    from magvit_pl.run.weights import weight_path
 
     try:
         return weight_path(name)

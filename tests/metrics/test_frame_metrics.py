@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run.errors import MissingWeightsError, UserError
 from magvit_pl.metrics.frame import FID, LPIPSMetric, VideoPSNR, VideoSSIM, to_frames
 from magvit_pl.models.lpips import LPIPS
 

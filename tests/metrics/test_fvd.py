@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run.errors import MissingWeightsError, UserError
 from magvit_pl.metrics.fvd import FrechetVideoDistance, frechet_distance, gaussian_stats, read_real_stats, resize_clips
 
 

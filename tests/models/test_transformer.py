@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.models.checkpointing import apply_activation_checkpointing
 from magvit_pl.models.transformer import PRESETS, BidirectionalTransformer, TransformerConfig, transformer_from_preset
 

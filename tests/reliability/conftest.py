@@ -244,13 +244,13 @@ class TinyCheckpoints:
 
     def gadget(self, marker: Path) -> dict:
         """A valid tokenizer config with a command hidden in one list element: building it (old magvit-pl
-        accepted any ``magvit_pl.`` callable) runs ``touch MARKER`` through magvit_pl.cli.run_function and os.system,
+        accepted any ``magvit_pl.`` callable) runs ``touch MARKER`` through magvit_pl.run.cli.run_function and os.system,
         and the model still builds (the call returns None, read as False)."""
         import copy
 
         config = copy.deepcopy(self.tokenizer_model().init_config)
         config["init_args"]["temporal_downsample"] = [
-            {"class_path": "magvit_pl.cli.run_function",
+            {"class_path": "magvit_pl.run.cli.run_function",
              "init_args": {"name": "x", "target": "os:system", "args": ["--command", f"touch {marker}"]}},
             False,
         ]
@@ -263,10 +263,10 @@ def checkpoints(tmp_path) -> TinyCheckpoints:
 
 
 def _run_cli(capsys, args: list) -> tuple[int, str]:
-    """``magvit_pl.cli.main(args)`` in this process: (exit code, what it wrote to stderr)."""
+    """``magvit_pl.run.cli.main(args)`` in this process: (exit code, what it wrote to stderr)."""
     import logging
 
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     capsys.readouterr()
     # Lightning adds stream handlers at import, bound to the sys.stderr of the test that first imported it (a
@@ -285,7 +285,7 @@ def _run_cli(capsys, args: list) -> tuple[int, str]:
 
 @pytest.fixture
 def cli_error(capsys) -> Callable[..., str]:
-    """``cli_error(args, code=2) -> line``: run ``magvit_pl.cli.main(args)`` in-process, check that it exits with
+    """``cli_error(args, code=2) -> line``: run ``magvit_pl.run.cli.main(args)`` in-process, check that it exits with
     ``code``, printed no traceback and exactly one ``error:`` line; return that line."""
 
     def run(args: list, code: int = 2) -> str:
@@ -299,7 +299,7 @@ def cli_error(capsys) -> Callable[..., str]:
 
 @pytest.fixture
 def cli_in_process(capsys) -> Callable[[list[str]], tuple[int, list[str]]]:
-    """``cli_in_process(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through magvit_pl.cli.main,
+    """``cli_in_process(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through magvit_pl.run.cli.main,
     in this process."""
 
     def run(args: list) -> tuple[int, list[str]]:

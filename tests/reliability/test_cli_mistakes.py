@@ -1,6 +1,6 @@
 """User mistakes on the command line end with one ``error:`` line and a non-zero exit (issue 12, items 11-14).
 
-In-process through ``magvit_pl.cli.main`` (the same code path as ``python cli.py``); one subprocess test checks
+In-process through ``magvit_pl.run.cli.main`` (the same code path as ``python cli.py``); one subprocess test checks
 the real process for the case that used to print a 71-line trace.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_bad_values_are_one_line_and_leave_no_run(option, value, says, tmp_path,
 
 
 def test_mtm_values_are_checked(checkpoints, tmp_path):
-    from magvit_pl.errors import UserError
+    from magvit_pl.run.errors import UserError
     from magvit_pl.lit.mtm import MTMModule
     from magvit_pl.lit.mtm_options import OptimConfig
     from magvit_pl.models.transformer import TransformerConfig

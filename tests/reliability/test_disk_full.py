@@ -13,8 +13,8 @@ import torch
 
 from magvit_pl.data import prepare as prepare_mod
 from magvit_pl.data.shards import decode_sample, read_shard
-from magvit_pl.errors import UserError
-from magvit_pl.io import atomic_path, write_json
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import atomic_path, write_json
 
 
 def _listing(folder: Path) -> list[str]:
@@ -25,7 +25,7 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_prepare_disk_full_while_writing_a_shard(tmp_path, write_clip, pattern, monkeypatch, capsys):
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     src, out = tmp_path / "src" / "c", tmp_path / "out"
     for i, name in enumerate(("a", "b")):
@@ -86,7 +86,7 @@ def test_prepare_manifest_write_failure_keeps_the_old_manifest(tmp_path, write_c
     assert not [p for p in out.rglob("*") if "tmp" in p.name]
 
 
-# ------------------------------------------------------------------------------- magvit_pl.io
+# ------------------------------------------------------------------------------- magvit_pl.run.files
 
 
 def test_write_json_failing_midway_keeps_old_content_and_leaves_no_temp(tmp_path, file_size_limit):
@@ -142,8 +142,8 @@ def _tiny_trainer(tmp_path: Path, plugins):
 
 
 def test_checkpoint_save_failing_midway_keeps_the_previous_last_ckpt(tmp_path, file_size_limit):
-    from magvit_pl.checkpoint import load_checkpoint
-    from magvit_pl.ckpt_io import AtomicCheckpointIO
+    from magvit_pl.run.checkpoint import load_checkpoint
+    from magvit_pl.run.callbacks import AtomicCheckpointIO
 
     torch.manual_seed(0)
     trainer, model = _tiny_trainer(tmp_path, [AtomicCheckpointIO()])
@@ -173,7 +173,7 @@ def test_checkpoint_save_failing_midway_keeps_the_previous_last_ckpt(tmp_path, f
 
 
 def test_atomic_checkpoint_io_keeps_lightning_semantics(tmp_path):
-    from magvit_pl.ckpt_io import AtomicCheckpointIO
+    from magvit_pl.run.callbacks import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "nested" / "step=1.ckpt"

@@ -1,7 +1,7 @@
 """Crafted pickles whose unpickling would run a command are refused by every loader of checkpoints and
 cached statistics, before anything runs (the marker file the command would create never appears).
 
-The numpy-only unpickler of the pretrained weights (``magvit_pl.weights.load_numpy_pickle``) has the
+The numpy-only unpickler of the pretrained weights (``magvit_pl.run.unpickle.load_numpy_pickle``) has the
 same tests in tests/metrics/test_weights.py (test_pickle_that_runs_code_is_refused, other globals,
 object arrays, and test_numpy_pickle_round_trip for a pickle of numpy arrays only); they are not
 repeated here.
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_checkpoint
-from magvit_pl.errors import UserError
+from magvit_pl.run.checkpoint import load_checkpoint
+from magvit_pl.run.errors import UserError
 
 
 class RunsCode:
@@ -50,7 +50,7 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path, fmt, monkeypatch):
         torch.save(ckpt, path, _use_new_zipfile_serialization=fmt == "torch_zip")
         _payload_is_live(path, marker, lambda p: torch.load(p, weights_only=False))
 
-    from magvit_pl.ckpt_io import AtomicCheckpointIO
+    from magvit_pl.run.callbacks import AtomicCheckpointIO
 
     # load_checkpoint (tokenizer, MTM, generate, test) and the Lightning resume path (fit --ckpt_path,
     # through our checkpoint plugin, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set)
@@ -63,7 +63,7 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path, fmt, monkeypatch):
 
 
 def test_checkpoint_of_tensors_and_plain_data_loads(tmp_path):
-    from magvit_pl.ckpt_io import AtomicCheckpointIO
+    from magvit_pl.run.callbacks import AtomicCheckpointIO
 
     path = tmp_path / "plain.ckpt"
     ckpt = {"state_dict": {"w": torch.arange(6.0).view(2, 3)}, "global_step": 7, "magvit": {"kind": "mtm", "grid": [4, 8, 8]}}

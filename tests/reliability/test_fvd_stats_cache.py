@@ -25,7 +25,7 @@ def ten_frame_data(tmp_path_factory) -> Path:
 
 def test_second_test_run_reuses_the_cached_real_statistics(ten_frame_data, checkpoints, tmp_path, monkeypatch, cli_error):
     import magvit_pl.tasks
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
     from magvit_pl.metrics.fvd import FrechetVideoDistance, PairedFVD
 
     seen: list[int] = []

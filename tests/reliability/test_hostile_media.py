@@ -17,8 +17,8 @@ import torch
 from magvit_pl.data.prepare import prepare
 from magvit_pl.data.shards import decode_sample, read_shard
 from magvit_pl.data.video_io import MAX_PIXELS, VideoReadError, read_video
-from magvit_pl.errors import UserError
-from magvit_pl.generate import load_clip
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.generate import load_clip
 
 T, R = 8, 32  # load_clip: frames and resolution a model would ask for
 
@@ -182,7 +182,7 @@ def test_prepare_gives_up_on_a_ten_hour_file_in_time(tmp_path, hostile, write_cl
 def test_generate_command_refuses_a_hostile_input_in_one_line_and_writes_nothing(tmp_path, hostile, monkeypatch,
                                                                                  capsys):
     """The CLI path of generate with a stand-in model (no trained MTM is needed to reach load_clip)."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
     from magvit_pl.lit import mtm
 
     class StandIn:

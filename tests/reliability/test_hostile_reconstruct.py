@@ -1,5 +1,5 @@
 """Hostile media through ``reconstruct``'s loader: frames or one line naming the file and the reason,
-never a hang and never an allocation the file only claims (the checks of ``data/video.py``)."""
+never a hang and never an allocation the file only claims (the checks of ``data/video_io.py``)."""
 from __future__ import annotations
 
 import resource
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from magvit_pl.data.video_io import MAX_PIXELS
-from magvit_pl.errors import UserError
-from magvit_pl.reconstruct import load_frames
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.reconstruct import load_frames
 
 # kind -> None when frames must come back, else words the one-line error must contain
 EXPECTED = {

@@ -23,7 +23,7 @@ import pytest
 
 from magvit_pl.data.datamodule import VideoDataModule
 from magvit_pl.data.shards import encode_sample, shard_name, write_shard
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["a", "b"]

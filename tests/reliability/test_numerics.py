@@ -25,7 +25,7 @@ POISON = textwrap.dedent('''
 
 
 def test_nan_stops_the_run_naming_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path, fault_fit, tiny_tokenizer_args, data_args):
-    from magvit_pl.checkpoint import load_checkpoint, load_tokenizer
+    from magvit_pl.run.checkpoint import load_checkpoint, load_tokenizer
 
     poison = fault_fit.callback("poison", POISON, "PoisonAt", step=3)
     result = fault_fit.run(tmp_path / "runs", [

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,14 +48,14 @@ def _assert_live(gadget: dict, marker: Path) -> None:
 
 @pytest.mark.parametrize("reader", ["load_tokenizer", "from_checkpoint", "export_tokenizer", "export_mtm"])
 def test_config_gadget_never_runs(reader, checkpoints, tmp_path):
-    from magvit_pl.checkpoint import load_tokenizer
-    from magvit_pl.export import export
+    from magvit_pl.run.checkpoint import load_tokenizer
+    from magvit_pl.run.export import export
     from magvit_pl.lit.mtm import MTMModule
 
     marker, out = tmp_path / "ran", tmp_path / "inference.ckpt"
     gadget = checkpoints.gadget(marker)
     _assert_live(gadget, marker)
-    with pytest.raises(UserError, match="names class 'magvit_pl.cli.run_function' at init_args.temporal_downsample\\[0\\], "
+    with pytest.raises(UserError, match="names class 'magvit_pl.run.cli.run_function' at init_args.temporal_downsample\\[0\\], "
                                         "which magvit-pl does not build from a file; allowed: VQTokenizer") as info:
         if reader == "load_tokenizer":
             load_tokenizer(checkpoints.tokenizer(config=gadget))
@@ -73,7 +73,7 @@ def test_generate_refuses_a_gadget_checkpoint(checkpoints, tmp_path, cli_error):
     marker, out = tmp_path / "ran", tmp_path / "out.mp4"
     ckpt = checkpoints.mtm(tokenizer_config=checkpoints.gadget(marker))
     line = cli_error(["generate", "--task", "class_generation", "--class_id", "1", "--output", out, "--ckpt_path", ckpt])
-    assert "magvit_pl.cli.run_function" in line and not marker.exists() and not out.exists()
+    assert "magvit_pl.run.cli.run_function" in line and not marker.exists() and not out.exists()
 
 
 def test_test_and_fit_refuse_a_gadget_tokenizer(checkpoints, tmp_path, cli_error, data_args, tiny_mtm_args):
@@ -84,21 +84,21 @@ def test_test_and_fit_refuse_a_gadget_tokenizer(checkpoints, tmp_path, cli_error
     runs = tmp_path / "runs"
     line = cli_error(["test", "--ckpt_path", mtm, "--config", REPO / "configs" / "mtm.yaml", "--runs_root", runs,
                       "--trainer.enable_progress_bar", "false", *data_args])
-    assert f"checkpoint {evil} names class 'magvit_pl.cli.run_function'" in line and not marker.exists()
+    assert f"checkpoint {evil} names class 'magvit_pl.run.cli.run_function'" in line and not marker.exists()
     line = cli_error(["fit", "--config", REPO / "configs" / "mtm.yaml", "--model.init_args.tokenizer_ckpt", evil, "--runs_root", runs,
                       "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false", *tiny_mtm_args, *data_args])
-    assert "magvit_pl.cli.run_function" in line and not marker.exists()
+    assert "magvit_pl.run.cli.run_function" in line and not marker.exists()
     assert not (runs / "mtm" / "latest").exists()  # a run refused before training never becomes `latest`
 
 
 @pytest.mark.parametrize("where", ["class_path", "nested_dict", "list_in_dict", "tensor_value", "lightning_module", "instantiator"])
 def test_only_allow_listed_classes_anywhere_in_a_checkpoint(where, checkpoints, tmp_path):
-    from magvit_pl.checkpoint import load_tokenizer
+    from magvit_pl.run.checkpoint import load_tokenizer
     from magvit_pl.lit.mtm import MTMModule
 
     tok = checkpoints.tokenizer_model().init_config
     if where == "class_path":  # a module of this package is no longer enough: functions and non-modules are refused
-        tok["class_path"] = "magvit_pl.export.export"
+        tok["class_path"] = "magvit_pl.run.export.export"
     elif where == "nested_dict":
         tok["init_args"]["quantizer"]["init_args"]["codebook_size"] = {"x": {"class_path": "os.system", "init_args": {}}}
     elif where == "list_in_dict":
@@ -173,7 +173,7 @@ def test_fsdp_metadata_never_runs_code_nor_reads_outside(hostile, checkpoints, t
 
 # ---------------------------------------------------------------- 15. fetch-weights --archive size cap
 def test_archive_member_bigger_than_expected_is_refused_before_writing(monkeypatch, tmp_path, cli_error, file_size_limit):
-    import magvit_pl.weights as W
+    import magvit_pl.run.weights as W
 
     payload = b"w" * 4000
     spec = dataclasses.replace(W.WEIGHTS["i3d"], member="pkg/weights.ckpt", size=len(payload),
@@ -225,7 +225,7 @@ def test_invalid_fvd_statistics_are_refused(flaw, tmp_path):
 
 # ---------------------------------------------------------------- 17. the sha256 memo of verified weights
 def test_same_size_tamper_with_mtime_restored_is_caught(monkeypatch, tmp_path):
-    import magvit_pl.weights as W
+    import magvit_pl.run.weights as W
 
     payload = bytes(range(256)) * 8
     path = tmp_path / "w.ckpt"
@@ -309,7 +309,7 @@ def test_config_yaml_next_to_a_checkpoint_names_only_trusted_classes(checkpoints
 @pytest.mark.parametrize("config", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_shipped_configs_pass_the_run_config_check(config):
     """A run's config.yaml is these files composed: the check must accept every one of them."""
-    from magvit_pl.checkpoint import check_run_config
+    from magvit_pl.run.run_dir import check_run_config
 
     check_run_config(config)
 
@@ -343,7 +343,7 @@ def test_perceptual_resnet_weights_are_one_line_errors(content, tmp_path):
 
 def test_malformed_saved_random_state_is_one_line():
     """A resumed checkpoint's random state goes to torch/numpy/random setters, which fail deep inside on garbage."""
-    from magvit_pl.lit.resume import restore_rng
+    from magvit_pl.run.resume import restore_rng
 
     for state in ({"torch": torch.zeros(3)}, {"python": [3, "abc", None]}, {"numpy": ["MT19937", [1, 2], 0, 0, 0.0]}):
         with pytest.raises(UserError, match="saved random state is malformed") as info:
@@ -355,7 +355,7 @@ def test_loss_curves_skip_cells_that_are_not_numbers(tmp_path):
     """`fit --ckpt_path last` in a run folder from elsewhere appends to its metrics.csv: odd cells are skipped."""
     from types import SimpleNamespace
 
-    from magvit_pl.lit.common import LossCurves
+    from magvit_pl.run.callbacks import LossCurves
 
     (tmp_path / "metrics.csv").write_text("step,train/loss,val/psnr\n0,1.5,\n1,oops,20\nx,1.0,21\n2,0.5,22\n3,0.4,23,extra,cells\n")
     logger = SimpleNamespace(save=lambda: None, log_dir=str(tmp_path))

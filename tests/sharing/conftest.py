@@ -66,7 +66,7 @@ def tiny_models(share_data, tmp_path_factory) -> types.SimpleNamespace:
 @pytest.fixture(scope="session")
 def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
     """The tiny tokenizer and MTM exported as model folders (fp32) by ``export --format safetensors``'s function."""
-    from magvit_pl.export import export
+    from magvit_pl.run.export import export
 
     root = tmp_path_factory.mktemp("folders")
     return {kind: export(str(getattr(tiny_models, f"{kind}_ckpt")), str(root / kind), format="safetensors")
@@ -75,9 +75,9 @@ def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def run_cli(capsys) -> Callable[[list[str]], tuple[int, list[str]]]:
-    """``run_cli(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through ``magvit_pl.cli.main`` in this process;
+    """``run_cli(args) -> (exit code, stderr lines)``: ``cli.py ARGS`` through ``magvit_pl.run.cli.main`` in this process;
     its stdout is left in ``run_cli.out``."""
-    from magvit_pl.cli import main
+    from magvit_pl.run.cli import main
 
     def run(args: list[str]) -> tuple[int, list[str]]:
         capsys.readouterr()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.clipsets import ClipSet, ClipSpec, write_clip, write_npz
+from magvit_pl.run.clipsets import ClipSet, ClipSpec, write_clip, write_npz
 from magvit_pl.data import center_crop, frames_to_tensor, resize_short_side
-from magvit_pl.errors import UserError
-from magvit_pl.evaluate import compare_sets
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.evaluate import compare_sets
 from magvit_pl.metrics.fvd import FrechetVideoDistance
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.clipsets import write_clip
+from magvit_pl.run.clipsets import write_clip
 from magvit_pl.data import frames_to_tensor
 
 
 def weights_or_skip(name: str) -> None:
-    from magvit_pl.errors import MissingWeightsError
-    from magvit_pl.weights import weight_path
+    from magvit_pl.run.errors import MissingWeightsError
+    from magvit_pl.run.weights import weight_path
 
     try:
         weight_path(name)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.checkpoint import load_tokenizer
-from magvit_pl.errors import UserError
+from magvit_pl.run.checkpoint import load_tokenizer
+from magvit_pl.run.errors import UserError
 from magvit_pl.lit.mtm import MTMModule
 from magvit_pl.pretrained import from_pretrained, save_pretrained
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from magvit_pl.clipsets import ClipSet, ClipSpec
-from magvit_pl.media import to_uint8
+from magvit_pl.run.clipsets import ClipSet, ClipSpec
+from magvit_pl.data.transforms import tensor_to_frames
 from magvit_pl.pretrained import from_pretrained
 
 
@@ -34,7 +34,7 @@ def test_class_generation_writes_n_per_class_bit_exact_with_recorded_seeds(folde
     model = from_pretrained(folders["mtm"])
     for labels, seed, names in (([1, 1, 4], 11, ["class001_00000", "class001_00001", "class004_00000"]), ([4], 12, ["class004_00001"])):
         batch = {"video": torch.zeros(len(labels), 3, 8, 32, 32), "label": torch.tensor(labels)}
-        generated = to_uint8(model.generate(batch, "class_generation", seed=seed, steps=4).generated)
+        generated = tensor_to_frames(model.generate(batch, "class_generation", seed=seed, steps=4).generated)
         for name, clip in zip(names, generated):
             assert np.array_equal(written[name], clip), name  # lossless, and the seed reproduces it
 
@@ -49,7 +49,7 @@ def test_class_generation_writes_n_per_class_bit_exact_with_recorded_seeds(folde
 
 @pytest.mark.parametrize("fmt", ["mkv", "npz"])
 def test_conditional_tasks_write_generated_and_real_clips_as_paired_sets(fmt, tiny_models, folders, tmp_path, run_cli):
-    from magvit_pl.evaluate import compare_sets
+    from magvit_pl.run.evaluate import compare_sets
 
     out = tmp_path / "samples"
     code, err = run_cli(["sample", "--task", "frame_prediction", "--num", "3", "--output", out, "--ckpt_path", folders["mtm"],
@@ -67,7 +67,7 @@ def test_conditional_tasks_write_generated_and_real_clips_as_paired_sets(fmt, ti
     videos = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in conditions])
     for start, seed in ((0, 0), (2, 1)):
         batch = {"video": videos[start : start + 2], "label": torch.zeros(len(videos[start : start + 2]), dtype=torch.long)}
-        for j, clip in enumerate(to_uint8(model.generate(batch, "frame_prediction", seed=seed, steps=4).generated)):
+        for j, clip in enumerate(tensor_to_frames(model.generate(batch, "frame_prediction", seed=seed, steps=4).generated)):
             assert np.array_equal(generated[f"{start + j:05d}"], clip)
     assert np.array_equal(np.asarray([c["seed"] for c in record["clips"]]), [0, 0, 1])
 

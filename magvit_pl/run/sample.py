@@ -3,7 +3,7 @@
 For every task (a name, a family, or ``all``) the MTM generates ``N`` clips, or ``N`` per class for class
 generation, and writes them under ``DIR/TASK/generated/``: PNG frame folders (the layout StyleGAN-V's metric
 scripts read), FFV1 ``.mkv`` files, or one ``.npz`` (what ``common_metrics_on_video_quality`` and numpy users
-load). Conditional tasks take their condition clips from ``--input`` (any clip set of :mod:`magvit_pl.clipsets`),
+load). Conditional tasks take their condition clips from ``--input`` (any clip set of :mod:`magvit_pl.run.clipsets`),
 by default the test split of the data the model was trained on; with ``--write_real`` the real clips go to
 ``DIR/TASK/real/`` under the same names, so ``python cli.py fvd --real DIR/TASK/real --fake DIR/TASK/generated
 --lpips true`` scores them as paired sets. ``DIR/samples.json`` records every file with its seed (batch ``k`` is
@@ -20,10 +20,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from magvit_pl.clipsets import ClipSet, ClipSpec, write_clip, write_npz
-from magvit_pl.errors import UserError
-from magvit_pl.io import make_dir, write_json
+from magvit_pl.data.datamodule import VideoDataModule
+from magvit_pl.data.transforms import frames_to_tensor, tensor_to_frames
+from magvit_pl.lit.evaluation import eval_task_names
+from magvit_pl.pretrained import load_mtm_any, recorded_data
+from magvit_pl.run.clipsets import ClipSet, ClipSpec, write_clip, write_npz
+from magvit_pl.run.errors import UserError
+from magvit_pl.run.files import make_dir, write_json
+from magvit_pl.run.generate import MAX_SEED
+from magvit_pl.run.run_dir import latest_checkpoint
 
 RECORD = "samples.json"
 
@@ -64,14 +72,6 @@ def sample(
         overwrite: Write into task folders that exist already (files of the same names are replaced).
         runs_root: Where training runs live (for the default checkpoint).
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from magvit_pl.checkpoint import latest_checkpoint
-    from magvit_pl.generate import MAX_SEED
-    from magvit_pl.lit.evaluation import eval_task_names
-    from magvit_pl.pretrained import load_mtm_any
-
     if num < 1:
         raise UserError(f"--num {num}: must be >= 1")
     if batch_size < 1:
@@ -118,7 +118,7 @@ def sample(
             for k, start in enumerate(range(0, len(videos), batch_size)):
                 batch = {"video": videos[start : start + batch_size], "label": labels[start : start + batch_size]}
                 out = model.generate(batch, name, seed=seed + k, steps=steps)
-                clips = _uint8(out.generated)
+                clips = tensor_to_frames(out.generated)
                 for j, clip in enumerate(clips):
                     i = start + j
                     entry = {"name": clip_names[i], "seed": seed + k, "batch": k, "index_in_batch": j, "source": sources[i]}
@@ -127,7 +127,7 @@ def sample(
                     if format != "npz":
                         entry["file"] = str(write_clip(root / name / "generated", clip_names[i], clip, format, hp.media_fps).relative_to(root))
                         if write_real and source is not None:
-                            write_clip(root / name / "real", clip_names[i], _uint8(videos[i : i + 1])[0], format, hp.media_fps)
+                            write_clip(root / name / "real", clip_names[i], tensor_to_frames(videos[i : i + 1])[0], format, hp.media_fps)
                     entries.append(entry)
                     generated.append(clip)
                 progress.advance(bar, len(clips))
@@ -135,7 +135,7 @@ def sample(
                 seeds = np.asarray([e["seed"] for e in entries], np.int64)
                 write_npz(root / name / "generated.npz", np.stack(generated), clip_names, labels=labels.numpy(), seeds=seeds)
                 if write_real and source is not None:
-                    write_npz(root / name / "real.npz", _uint8(videos), clip_names, labels=labels.numpy())
+                    write_npz(root / name / "real.npz", tensor_to_frames(videos), clip_names, labels=labels.numpy())
             record.setdefault("tasks", {})[name] = {**settings, "num": len(entries), "condition": source, "clips": entries}
     write_json(root / RECORD, record)
     for name in names:
@@ -161,8 +161,6 @@ def _conditions(model: Any, task: str, num: int, classes: list[int], ckpt: str, 
     if spec.uses_class and any(c.label < 0 for c in clips):
         raise UserError(f"--task {task} uses the class label, but the condition clips ({clip_set.path}) have none; "
                         "pass a prepared shard folder with labels as --input")
-    from magvit_pl.data import frames_to_tensor
-
     videos = torch.stack([frames_to_tensor(c.frames) for c in clips])
     labels = torch.tensor([max(c.label, 0) for c in clips])
     return videos, labels, [f"{i:05d}" for i in range(num)], [c.name for c in clips], clip_set.describe()
@@ -171,27 +169,17 @@ def _conditions(model: Any, task: str, num: int, classes: list[int], ckpt: str, 
 def _condition_set(ckpt: str, input: str | None, split: str | None) -> tuple[ClipSet, int]:
     """``--input`` (frame stride 1), else the test split of the data the model was trained on (generated first if
     synthetic) and its frame stride."""
-    from magvit_pl.pretrained import recorded_data
-
     if input is not None:
         return ClipSet(input, "--input", split or "test"), 1
     data = recorded_data(ckpt)
     if not data:
         raise UserError("this model does not record its training data; pass the condition clips with --input")
-    from magvit_pl.data import VideoDataModule
-
     dm = VideoDataModule(**data)
     try:
         dm.manifest  # noqa: B018 - generates the embedded synthetic set when it is the one used and absent
     except UserError as err:
         raise UserError(f"the model's training data is not here ({err}); pass the condition clips with --input") from None
     return ClipSet(dm.root, "--input", split or dm.splits["test"]), dm.frame_stride
-
-
-def _uint8(video: torch.Tensor) -> np.ndarray:
-    from magvit_pl.media import to_uint8
-
-    return to_uint8(video)
 
 
 def _read_record(root: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``python cli.py fvd --real A --fake B``: FVD between any two sets of clips, with its protocol next to it.
 
-Each side is a folder of videos, a prepared shard folder or an ``.npz`` of clips (:mod:`magvit_pl.clipsets`);
+Each side is a folder of videos, a prepared shard folder or an ``.npz`` of clips (:mod:`magvit_pl.run.clipsets`);
 ``--real`` may also be a statistics file written by ``--save_real_stats``, so a dataset's real side is computed
 once. The clips go through :class:`~magvit_pl.metrics.fvd.FrechetVideoDistance` (the I3D protocol of
 ``docs/fvd.md``) and, on request, frame FID (Inception, over every frame of the clips) and LPIPS (paired sets
@@ -16,10 +16,16 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
-from magvit_pl.clipsets import Clip, ClipSet, ClipSpec, Resize
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.metrics.fvd import FrechetVideoDistance
+from magvit_pl.data.transforms import frames_to_tensor
+from magvit_pl.metrics.frame import FID, LPIPSMetric
+from magvit_pl.metrics.fvd import FrechetVideoDistance, read_real_stats
+from magvit_pl.run.clipsets import Clip, ClipSet, ClipSpec, Resize
+from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import check_output_file, write_json
 
 # protocol fields that must agree between a saved real-statistics file and this run
 MATCHING = ("stride", "resolution", "resize", "features", "weights_sha256", "clip_frames", "clip_stride",
@@ -75,8 +81,6 @@ def fvd(
         output: The JSON file to write; default ``RUNS_ROOT/fvd/<timestamp>.json``.
         runs_root: Where the default output goes.
     """
-    from magvit_pl.io import check_output_file, write_json
-
     spec = ClipSpec(num_frames, stride, clips_per_video, resolution, resize)
     if num_samples is not None and num_samples < 2:
         raise UserError(f"--num_samples {num_samples}: FVD needs at least 2 clips on each side")
@@ -148,8 +152,6 @@ def compare_sets(real: str, fake: str, spec: ClipSpec, num_samples: int | None =
 # --------------------------------------------------------------------------------------- streaming
 def _tensor(clips: list[Clip]) -> torch.Tensor:
     """uint8 clips → float (B, 3, T, H, W) in [-1, 1]; one line when their sizes differ."""
-    from magvit_pl.data import frames_to_tensor
-
     shapes = {c.frames.shape for c in clips}
     if len(shapes) > 1:
         raise UserError(f"clips of different sizes {sorted(shapes)[:2]} (e.g. {clips[0].name}); pass --resolution R to bring them to R×R")
@@ -212,16 +214,11 @@ def _expected(clip_set: ClipSet, spec: ClipSpec, limit: int | None) -> int:
 
 
 def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
                     TimeRemainingColumn(), console=Console(stderr=True))
 
 
 def _metric(name: str) -> Any:
-    from magvit_pl.metrics.frame import FID, LPIPSMetric
-
     return FID() if name == "fid" else LPIPSMetric()
 
 
@@ -239,8 +236,6 @@ def _is_stats_file(path: str) -> bool:
 
 def _load_stats(path: str, metric: SetFVD) -> dict[str, Any]:
     """Use the checked statistics in ``path`` for the real side, once their protocol agrees with this run's."""
-    from magvit_pl.metrics.fvd import read_real_stats
-
     if not Path(path).is_file():
         raise MissingFileError(f"--real {path}: not found")
     mu, sigma, n, key, stored = read_real_stats(path)
@@ -275,9 +270,6 @@ def _check_input_resolution(stored: dict[str, Any], metric: SetFVD, path: str) -
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     p = result["protocol"]
     size = "x".join(map(str, p.get("input_resolution") or ["?"]))
     Console().print(f"{p['num_fake']} fake vs {p['num_real']} real clips of {p['frames']} frames (stride {p['stride']}), "

@@ -2,7 +2,7 @@
 
 One call, :func:`check_trainer_config`, made by the CLI on the parsed trainer config of every Lightning
 command. It turns hardware mistakes that Lightning would report as a deep traceback (or, worse, as
-a hang or a run 500x slower than it should be) into one-line :class:`~magvit_pl.errors.UserError`\\ s,
+a hang or a run 500x slower than it should be) into one-line :class:`~magvit_pl.run.errors.UserError`\\ s,
 and rewrites two settings in place, saying so in the log (a warning for the first, info for the second):
 
 * ``precision`` ``bf16*`` / ``16*`` on a CPU run becomes ``32-true``: CPUs without native bf16 emulate
@@ -35,8 +35,9 @@ from typing import Any, Mapping
 
 import torch
 
-from magvit_pl.checks import check_args
-from magvit_pl.errors import UserError
+from magvit_pl.lit.tokenizer import TokenizerModule
+from magvit_pl.run.checks import check_args
+from magvit_pl.run.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ CPU_CONFIGS = "--config configs/hardware/cpu.yaml (one process) or configs/hardw
 LOW_PRECISION = ("bf16", "16")  # prefixes of Lightning's half-precision flags: bf16-mixed, 16-mixed, bf16-true, 16 ...
 # DDP strategy names whose registered variant with find_unused_parameters=True is "<name>_find_unused_parameters_true"
 DDP_NAMES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
-# numeric Trainer arguments that Lightning checks late (a division by zero mid-run) or not at all (magvit_pl.checks)
+# numeric Trainer arguments that Lightning checks late (a division by zero mid-run) or not at all (magvit_pl.run.checks)
 TRAINER_RULES = {
     "max_steps": ">= -1", "max_epochs": ">= -1", "min_steps": ">= 0", "min_epochs": ">= 0", "num_nodes": ">= 1",
     "val_check_interval": "> 0", "check_val_every_n_epoch": ">= 1", "log_every_n_steps": ">= 1",
@@ -95,8 +96,6 @@ def _is_tokenizer(model_class_path: str | None) -> bool:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return name == "TokenizerModule"
-    from magvit_pl.lit.tokenizer import TokenizerModule
-
     return isinstance(cls, type) and issubclass(cls, TokenizerModule)
 
 
@@ -184,7 +183,7 @@ def check_trainer_config(trainer_cfg: Any, model_class_path: str | None, subcomm
     precision = trainer_cfg.get("precision")
     if on_cpu and precision is not None and str(precision).startswith(LOW_PRECISION):
         trainer_cfg["precision"] = "32-true"
-        _say(logging.WARNING, f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.hardware)")
+        _say(logging.WARNING, f"precision={precision} on CPU runs ~500x slower than fp32 here; using precision=32-true (set by magvit_pl.run.preflight)")
 
     if subcommand == "fit" and _is_tokenizer(model_class_path):
         _find_unused_for_gan(trainer_cfg, strategy_value, strategy, accelerator)

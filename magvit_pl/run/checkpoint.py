@@ -1,5 +1,8 @@
-"""Reading magvit-pl checkpoints without Lightning.
+"""Checkpoint files, read and written without Lightning (its face, the Trainer plugin and the
+checkpoint callback, is :mod:`magvit_pl.run.callbacks`).
 
+Writing (:func:`save_checkpoint`) goes through the one crash-safe write, :func:`magvit_pl.run.files.atomic_path`,
+with a temporary name that is never taken for a checkpoint, and reports a failed write by its cause.
 A Lightning checkpoint written by :class:`~magvit_pl.lit.tokenizer.TokenizerModule` carries, besides
 the usual state, a ``"magvit"`` entry with the tokenizer's constructor config; its EMA weights (the
 tokenizer used by stage 2) live under the ``ema_tokenizer.`` prefix of the state dict. Everything is
@@ -7,7 +10,7 @@ read with ``torch.load(weights_only=True)``, and what the file names is data, ne
 config builds only allow-listed classes (:mod:`magvit_pl.models.config`), the hyper-parameters LightningCLI
 rebuilds a model from may name only this package's modules (:func:`checked_hparams`), and a run's
 ``config.yaml`` found next to a checkpoint may name only the classes runs record (:func:`check_run_config`).
-Anything else is a one-line :class:`~magvit_pl.errors.UserError` before anything is built.
+Anything else is a one-line :class:`~magvit_pl.run.errors.UserError` before anything is built.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Any, Iterator
 
 import torch
 
-from magvit_pl.errors import MissingFileError, UserError
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.run.files import atomic_path
 from magvit_pl.models.checkpointing import drop_legacy_flag
 from magvit_pl.models.config import build_from_config, check_config, check_values
 
@@ -46,8 +50,7 @@ def checkpoint_read_errors(path: str | os.PathLike) -> Iterator[None]:
         refused = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln), "UnpicklingError")
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load it ({refused})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:  # a zip cut near its end: "negative seek value"
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({first})") from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(err, default=type(err).__name__)})") from None
     except Exception as err:  # e.g. a text file: the legacy reader fails on its "magic number"
         raise UserError(f"checkpoint {path} is not a torch checkpoint; refusing to load it ({type(err).__name__})") from None
 
@@ -137,8 +140,7 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], p
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise UserError(f"checkpoint {path}: its weights do not fit the model it records ({' '.join(lines[:2])[:300]})") from None
+        raise UserError(f"checkpoint {path}: its weights do not fit the model it records ({first_line(err, 2)[:300]})") from None
 
 
 def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Module:
@@ -154,75 +156,47 @@ def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> torch.nn.Mo
     return model.eval().requires_grad_(False)
 
 
-def latest_checkpoint(runs_root: str | os.PathLike = "runs", kind: str = "mtm") -> Path:
-    """``RUNS_ROOT/KIND/latest/checkpoints/last.ckpt``, or a one-line error saying what to run first.
-
-    ``latest`` must lead to a run folder inside ``RUNS_ROOT/KIND`` (never to a file elsewhere)."""
-    path = Path(runs_root) / kind / "latest" / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise MissingFileError(f"no {kind} checkpoint at {path}; train one first: "
-                               f"python cli.py fit --config configs/{kind}.yaml (or pass --ckpt_path)")
-    resolved = path.resolve()
-    if resolved.parent.parent.parent != (Path(runs_root) / kind).resolve():
-        raise UserError(f"{path} leads to {resolved}, outside {Path(runs_root) / kind}; pass --ckpt_path explicitly if you trust it")
-    return resolved
-
-
-# --------------------------------------------------------------------- config.yaml found next to a checkpoint
-# What a run's config.yaml may name when `test`/`validate` pick it up by themselves (no --config): the classes
-# this package's runs record, and Lightning's three distributed strategies the shipped hardware configs use.
-RUN_CONFIG_CLASSES = (
-    *LIGHTNING_MODULES.values(), "magvit_pl.data.VideoDataModule", "magvit_pl.data.datamodule.VideoDataModule",
-    "magvit_pl.losses.PerceptualLoss", "lightning.pytorch.strategies.DDPStrategy",
-    "lightning.pytorch.strategies.DeepSpeedStrategy", "lightning.pytorch.strategies.FSDPStrategy",
-)
-# FSDP arguments that jsonargparse resolves to imported classes or callables: only these block classes
-FSDP_POLICY_ARGS = ("auto_wrap_policy", "activation_checkpointing_policy", "activation_checkpointing")
-FSDP_BLOCKS = ("magvit_pl.models.transformer.Block", "magvit_pl.models.blocks.ResBlock",
-               "magvit_pl.models.discriminator.DiscriminatorBlock")
+# ------------------------------------------------------------------------------------------- writing
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically: the destination holds the previous file or the new one,
+    never a partial one. The temporary file is anonymous (``.tmp-XXXX.partial``: neither ``last`` nor
+    ``.ckpt`` in it, see :func:`~magvit_pl.run.files.atomic_path`), and a write that fails (ENOSPC, EDQUOT,
+    EFBIG …) raises that OSError naming ``path``, where torch's zip writer would say only 'unexpected pos'."""
+    path = Path(path)
+    with atomic_path(path, anonymous=True) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        writer = _FdWriter(fd)
+        try:
+            torch.save(obj, writer)
+        except Exception:
+            if writer.error is not None:
+                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
+            raise
+        finally:
+            os.close(fd)
+    return path
 
 
-def check_run_config(path: str | os.PathLike) -> None:
-    """One-line error unless the ``config.yaml`` at ``path`` names only classes magvit-pl trusts.
+class _FdWriter:
+    """A minimal file object for ``torch.save`` that writes every byte and keeps the first OSError
+    (ENOSPC, EDQUOT, EFBIG …): torch's zip writer swallows it and reports only 'unexpected pos'."""
 
-    ``test``/``validate --ckpt_path X`` read ``X/../../config.yaml`` without being told to, and that file can
-    come from outside with the checkpoint. Every ``class_path`` in it must be in :data:`RUN_CONFIG_CLASSES` or
-    on the model allow-list, FSDP policies may name only this package's blocks, and no value may point at
-    another config file (jsonargparse would read it). A config given with ``--config`` is the user's own choice
-    and is not restricted.
-    """
-    import yaml
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.error: OSError | None = None
 
-    from magvit_pl.models.config import allowed_class
+    def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except OSError as err:
+            self.error = err
+            raise
+        return len(view)
 
-    hint = f"if you trust it, pass it explicitly: --config {path}"
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: not a readable YAML config ({type(err).__name__})") from None
-
-    def walk(value: Any, where: str, depth: int = 0) -> None:
-        if depth > 64:
-            raise UserError(f"{path}: nested deeper than 64 levels at {where}; {hint}")
-        if isinstance(value, dict):
-            class_path = value.get("class_path")
-            if class_path is not None and class_path not in RUN_CONFIG_CLASSES and (
-                    not isinstance(class_path, str) or allowed_class(class_path) is None):
-                raise UserError(f"{path} (found next to the checkpoint) names class {class_path!r} at {where}, which is not "
-                                f"among the classes magvit-pl runs record; {hint}")
-            if class_path == "lightning.pytorch.strategies.FSDPStrategy":
-                for arg in FSDP_POLICY_ARGS:
-                    policy = (value.get("init_args") or {}).get(arg)
-                    items = policy if isinstance(policy, list) else [policy]
-                    if policy is not None and not isinstance(policy, bool) and not all(p in FSDP_BLOCKS for p in items):
-                        raise UserError(f"{path} (found next to the checkpoint): FSDP {arg} {policy!r} names other classes than "
-                                        f"{', '.join(FSDP_BLOCKS)}; {hint}")
-            for key, item in value.items():
-                walk(item, f"{where}.{key}" if where else str(key), depth + 1)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(item, f"{where}[{i}]", depth + 1)
-        elif isinstance(value, str) and value.lower().endswith((".yaml", ".yml", ".json", ".jsonnet")):
-            raise UserError(f"{path} (found next to the checkpoint) refers to another config file {value!r} at {where}; {hint}")
-
-    walk(config, "")
+    def flush(self) -> None:
+        pass

@@ -1,7 +1,7 @@
 """One-line checks of numeric constructor arguments: ``check_args(owner, values, rules)``.
 
 A rule table maps an argument name to one of the rules in :data:`RULES` (``"> 0"``, ``">= 1"``, ``"[0, 1)"`` …).
-The first value that breaks its rule raises a :class:`~magvit_pl.errors.UserError` naming it, its value and the
+The first value that breaks its rule raises a :class:`~magvit_pl.run.errors.UserError` naming it, its value and the
 rule, e.g. ``model.lr=-1.0: must be > 0``. ``None`` passes (optional arguments); a list or tuple is checked
 element by element; booleans and non-finite numbers are refused. Imports nothing but the errors module, so the
 ``nn.Module``\\ s in :mod:`magvit_pl.models` use it too.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from magvit_pl.errors import UserError
+from magvit_pl.run.errors import UserError
 
 RULES: dict[str, Callable[[float], bool]] = {
     "> 0": lambda v: v > 0,

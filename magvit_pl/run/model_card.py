@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
+
+from magvit_pl.run.media import read_metrics_csv
+
 KIND_TITLE = {"tokenizer": "3D-VQ video tokenizer (MAGVIT stage 1)",
               "mtm": "multi-task masked token transformer with COMMIT (MAGVIT stage 2)"}
 
@@ -140,8 +144,6 @@ def results_table(path: str | os.PathLike, title: str | None = None) -> dict[str
 def run_metrics(ckpt_path: str | os.PathLike, results: Iterable[str | os.PathLike] = ()) -> list[dict[str, Any]]:
     """Card tables for the checkpoint at ``ckpt_path``: the last validation values of its run's ``metrics.csv``, the
     ``results.json`` of the test runs of this checkpoint, and the given ``results`` files."""
-    from magvit_pl.media import read_metrics_csv
-
     ckpt = Path(ckpt_path).resolve()
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     tables: list[dict[str, Any]] = []
@@ -171,8 +173,6 @@ def run_metrics(ckpt_path: str | os.PathLike, results: Iterable[str | os.PathLik
 
 def _tested(run_dir: Path, ckpt: Path) -> bool:
     """Whether ``run_dir`` is a test run of ``ckpt`` (its config.yaml's ``ckpt_path`` is that file) with results."""
-    import yaml
-
     if not (run_dir / "results.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
     try:

@@ -12,12 +12,12 @@ Three kinds of input are recognised:
 * an **FSDP sharded checkpoint folder**, as Lightning's ``FSDPStrategy(state_dict_type="sharded")`` writes
   it: a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``__R_0.distcp``) holding ``model`` and
   ``optimizer_N``, and ``meta.pt`` with everything else. Only ``model`` is read, in one process, without
-  a process group.
+  a process group (:mod:`magvit_pl.run.fsdp_reader`).
 
 The output keeps what inference and evaluation need: ``state_dict`` (floating-point tensors as fp32,
 whatever the training precision), ``hyper_parameters``, the ``magvit`` entry and Lightning's version
 stamp; optimizer states, LR schedulers, loop and callback states are dropped. It loads with
-:func:`magvit_pl.checkpoint.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
+:func:`magvit_pl.load_tokenizer`, :meth:`magvit_pl.lit.mtm.MTMModule.from_checkpoint`,
 ``python cli.py test --ckpt_path`` and ``python cli.py generate --ckpt_path``.
 
 Every file is read with ``torch.load(weights_only=True)``, DeepSpeed's shards included: DeepSpeed's
@@ -26,27 +26,24 @@ few plain DeepSpeed classes its optimizer files hold (loss scaler, ZeRO stage en
 allow-listed. An FSDP folder's ``.metadata`` is a plain pickle (torch reads it with ``pickle.load``): it is read
 by an unpickler that allows only the checkpoint-metadata classes, and the shard files it names, like a DeepSpeed
 tag, must be names inside the folder. The exported file is checked like a loaded one (allow-listed model
-classes, plain data; :mod:`magvit_pl.checkpoint`), so a payload in the source is refused, never passed on.
+classes, plain data; :mod:`magvit_pl.run.checkpoint`), so a payload in the source is refused, never passed on.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import io
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
 
-from magvit_pl.checkpoint import DATA_MODULES, checked_hparams, load_checkpoint, state_dict_of
-from magvit_pl.errors import MissingFileError, UserError
-from magvit_pl.io import atomic_path, check_output_file
 from magvit_pl.models.config import check_config, check_values
+from magvit_pl.run.checkpoint import DATA_MODULES, LIGHTNING_MODULES, checked_hparams, load_checkpoint, save_checkpoint, state_dict_of
+from magvit_pl.run.errors import MissingFileError, UserError, first_line
+from magvit_pl.run.files import check_output_file
 
 ACCEPTED = ("a Lightning .ckpt file, a DeepSpeed checkpoint folder (latest + checkpoint/*_model_states.pt + *_optim_states.pt) "
             "or an FSDP sharded checkpoint folder (meta.pt + .metadata + *.distcp)")
@@ -57,9 +54,6 @@ FSDP_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 DCP_METADATA = ".metadata"
 DS_MODEL_STATES = "*_model_states.pt"
 DS_OPTIM_STATES = "*_optim_states.pt"
-# LightningCLI rebuilds the model of `test --ckpt_path` from hyper_parameters["_class_path"]; runs started from
-# Python instead of the CLI lack it
-CLASS_PATHS = {"tokenizer": "magvit_pl.lit.tokenizer.TokenizerModule", "mtm": "magvit_pl.lit.mtm.MTMModule"}
 KIND_NAMES = {"lightning": "a Lightning checkpoint file", "deepspeed": "a DeepSpeed folder", "fsdp": "an FSDP sharded folder"}
 DS_INSTALL = 'pip install "magvit-pl[deepspeed]" (on a CPU-only machine: pip install deepspeed)'
 
@@ -107,7 +101,7 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
         The path of the written file (or folder).
     """
     if format == "safetensors":  # the shareable folder: magvit_pl.pretrained
-        from magvit_pl.pretrained import export_folder
+        from magvit_pl.pretrained import export_folder  # lazy: magvit_pl.pretrained imports this module
 
         return export_folder(ckpt_path, output, overwrite=overwrite, tag=tag, dtype=dtype, results=results or [], push_to_hub=push_to_hub)
     if format != "ckpt":
@@ -118,8 +112,7 @@ def export(ckpt_path: str, output: str, overwrite: bool = False, tag: str | None
     if out.exists() and not overwrite:
         raise UserError(f"--output {out}: exists; pass --overwrite true to replace it")
     exported, label = read_for_export(src, tag)
-    with atomic_path(out) as tmp:
-        torch.save(exported, tmp)
+    save_checkpoint(exported, out)
     values, tensors = _count(exported["state_dict"])
     model = exported["magvit"].get("kind", "?")
     print(f"exported {label} {src} -> {out}: {model}, {values / 1e6:.2f}M parameters in {tensors} tensors (fp32), "
@@ -139,19 +132,21 @@ def read_for_export(src: str | os.PathLike, tag: str | None = None) -> tuple[dic
     elif kind == "deepspeed":
         checkpoint, label = _read_deepspeed(src, tag)
     else:
-        checkpoint, label = _read_fsdp_sharded(src)
+        from magvit_pl.run.fsdp_reader import read_fsdp_sharded  # lazy: torch.distributed.checkpoint takes ~2 s to import
+
+        checkpoint, label = read_fsdp_sharded(src)
     return _inference_only(checkpoint, src, label), label
 
 
 # ----------------------------------------------------------------------------------------- readers
 def _read_lightning_file(path: Path) -> dict[str, Any]:
-    checkpoint = _torch_load(path)
+    checkpoint = read_dict(path)
     if "state_dict" not in checkpoint:
         raise UserError(f"--ckpt_path {path}: holds no Lightning 'state_dict'; expected {ACCEPTED}")
     return checkpoint
 
 
-def _inside(folder: Path, name: str, what: str) -> Path:
+def name_inside(folder: Path, name: str, what: str) -> Path:
     """``folder / name`` for a plain file or folder name that stays inside ``folder`` (no ``/``, ``..``, link leading out)."""
     target = folder / name
     plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
@@ -187,7 +182,7 @@ def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
             tag = tags[0].name
         else:
             raise UserError(f"--ckpt_path {path}: no 'latest' file and several tag folders ({', '.join(t.name for t in tags)}); pass --tag NAME")
-    tag_dir = _inside(path, tag, "--tag" if tag_given else f"the tag in {path / 'latest'}")
+    tag_dir = name_inside(path, tag, "--tag" if tag_given else f"the tag in {path / 'latest'}")
     if not tag_dir.is_dir() or not any(tag_dir.glob(DS_MODEL_STATES)):
         raise UserError(f"--ckpt_path {path}: tag folder {tag_dir} with {DS_MODEL_STATES} not found; pass --tag NAME")
     if not any(tag_dir.glob(DS_OPTIM_STATES)):
@@ -201,7 +196,7 @@ def _read_deepspeed(path: Path, tag: str | None) -> tuple[dict[str, Any], str]:
         rank0 = tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank
     if not rank0.is_file():
         raise UserError(f"--ckpt_path {path}: no rank-0 model states among {', '.join(f.name for f in model_files)}")
-    client = _torch_load(rank0)
+    client = read_dict(rank0)
     client["state_dict"] = _zero_to_fp32(path, tag)
     stage = (client.get("ds_config") or {}).get("zero_optimization", {}).get("stage", "?")
     shards = len(list(tag_dir.glob(DS_OPTIM_STATES)))
@@ -213,7 +208,7 @@ def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # lazy: optional, GPU only
 
             with _deepspeed_weights_only():
                 state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
@@ -222,14 +217,14 @@ def _zero_to_fp32(path: Path, tag: str) -> dict[str, torch.Tensor]:
         if foreign:
             raise UserError(f"--ckpt_path {path}: a DeepSpeed file in it holds a {foreign.group(1)} object, which magvit-pl does not "
                             "allow when loading weights-only; refusing to unpickle it") from None
-        raise UserError(f"--ckpt_path {path}: DeepSpeed could not consolidate it ({type(err).__name__}: {_first_line(err)})") from None
+        raise UserError(f"--ckpt_path {path}: DeepSpeed could not consolidate it ({type(err).__name__}: {first_line(err)})") from None
     return state_dict
 
 
 @contextlib.contextmanager
 def _deepspeed_weights_only() -> Iterator[None]:
     """Make DeepSpeed's own ``torch.load(weights_only=False)`` calls weights-only, allow-listing its plain classes."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # lazy: optional, GPU only
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
@@ -245,111 +240,7 @@ def _deepspeed_weights_only() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
-class _DCPMetadataUnpickler(pickle.Unpickler):
-    """Unpickles a ``torch.distributed.checkpoint`` ``.metadata`` file allowing only its metadata classes, torch
-    sizes/dtypes/layouts, paths and plain containers: torch's own ``FileSystemReader.read_metadata`` is a plain
-    ``pickle.load``, which would run whatever a crafted file names."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _dcp_metadata_globals()
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not a checkpoint metadata class")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refusing a persistent id: not checkpoint metadata")
-
-
-@functools.lru_cache(maxsize=1)
-def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
-    import collections
-    import pathlib
-
-    from torch.distributed.checkpoint import filesystem, metadata
-
-    dcp = {("torch.distributed.checkpoint.metadata", n): getattr(metadata, n) for n in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING") if hasattr(metadata, n)}
-    paths = {("pathlib", n): getattr(pathlib, n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
-    return {**dcp, **paths, ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): filesystem._StorageInfo,
-            ("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-            ("collections", "OrderedDict"): collections.OrderedDict}
-
-
-def _read_dcp_metadata(path: Path) -> Any:
-    """The ``.metadata`` of a DCP folder through :class:`_DCPMetadataUnpickler`, checked: a ``Metadata`` whose shard
-    files are plain names inside ``path``. One-line errors for anything else."""
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    try:
-        with open(path / DCP_METADATA, "rb") as fh:
-            metadata = _DCPMetadataUnpickler(fh).load()
-    except Exception as err:  # noqa: BLE001 - refused globals, truncated or foreign files fail in several ways
-        raise UserError(f"--ckpt_path {path}: unreadable {DCP_METADATA} ({type(err).__name__}: {_first_line(err)})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
-        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} holds a {type(metadata).__name__}, not checkpoint metadata")
-    for info in (metadata.storage_data or {}).values():
-        name = getattr(info, "relative_path", None)
-        if not isinstance(name, str):
-            raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} names a shard file of type {type(name).__name__}")
-        _inside(path, name, f"the shard file in {DCP_METADATA}")
-    return metadata
-
-
-def _read_fsdp_sharded(path: Path) -> tuple[dict[str, Any], str]:
-    """``meta.pt`` plus the ``model`` entry of the torch.distributed.checkpoint folder, read in this process."""
-    from torch.distributed.checkpoint import FileSystemReader, load
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
-
-    class Reader(FileSystemReader):  # DCP's load() reads the metadata again: through the restricted unpickler too
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            metadata = _read_dcp_metadata(path)
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = getattr(self, "load_id", None)
-            return metadata
-
-    checkpoint = _torch_load(path / FSDP_META)
-    reader = Reader(str(path))
-    metadata = reader.read_metadata()
-    planner_data = metadata.planner_data or {}
-    model: dict[str, torch.Tensor] = {}
-    not_tensors = []
-    for key, item in metadata.state_dict_metadata.items():
-        where = planner_data.get(key) or tuple(key.split(".", 1))
-        if not where or where[0] != "model":
-            continue  # optimizer_N: not needed for inference
-        name = ".".join(str(part) for part in where[1:])
-        if not isinstance(item, TensorStorageMetadata):
-            not_tensors.append(name)
-            continue
-        model[name] = torch.empty(item.size, dtype=item.properties.dtype)
-    if not_tensors:  # DCP would unpickle these with weights_only=False: refuse instead
-        raise UserError(f"--ckpt_path {path}: the model state holds non-tensor entries ({', '.join(not_tensors[:3])}); refusing to unpickle them")
-    if not model:
-        raise UserError(f"--ckpt_path {path}: its {DCP_METADATA} has no 'model' entry; not a Lightning FSDP checkpoint")
-    try:
-        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": intended
-            warnings.simplefilter("ignore", UserWarning)
-            load({"model": model}, storage_reader=reader, no_dist=True)
-    except (Exception, CheckpointException) as err:  # noqa: BLE001 - missing/truncated .distcp shards
-        if isinstance(err, CheckpointException) and err.failures:  # a BaseException wrapping each rank's error
-            err = next(iter(err.failures.values()))[0]
-        raise UserError(f"--ckpt_path {path}: reading its shards failed ({type(err).__name__}: {_first_line(err)})") from None
-    checkpoint["state_dict"] = model
-    shards = len(list(path.glob("*.distcp")))
-    return checkpoint, f"FSDP sharded checkpoint ({shards} shard{'s' * (shards != 1)})"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def _torch_load(path: Path) -> dict[str, Any]:
+def read_dict(path: Path) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a dict of checkpoint entries, found {type(checkpoint).__name__}")
@@ -371,8 +262,9 @@ def _inference_only(checkpoint: dict[str, Any], src: Path, label: str) -> dict[s
     check_values({k: v for k, v in out.items() if k not in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")}, source)
     out["magvit"] = {**meta, "exported_from": label}
     hparams = out.get("hyper_parameters")
-    if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in CLASS_PATHS:
-        out["hyper_parameters"] = {"_class_path": CLASS_PATHS[meta["kind"]], **hparams}
+    if isinstance(hparams, dict) and "_class_path" not in hparams and meta["kind"] in LIGHTNING_MODULES:
+        # LightningCLI rebuilds the model of `test --ckpt_path` from it; runs started from Python lack it
+        out["hyper_parameters"] = {"_class_path": LIGHTNING_MODULES[meta["kind"]], **hparams}
     return out
 
 
