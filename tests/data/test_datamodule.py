@@ -168,7 +168,7 @@ def test_default_is_the_synthetic_set_under_the_env_root(tmp_path, monkeypatch):
     dm.setup("fit")
     assert calls == [(tmp_path / "shards" / "dead_leaves-16x32", 16, 32)]
     assert next(iter(dm.val_dataloader()))["video"].shape == (2, 3, 4, 32, 32)
-    assert VideoDataModule().root == tmp_path / "shards" / "synthetic"
+    assert VideoDataModule().root == tmp_path / "shards" / "dead_leaves-16x64"  # named by generator and size
 
 
 DDP_SCRIPT = '''

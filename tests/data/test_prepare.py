@@ -191,7 +191,7 @@ def test_hung_or_crashing_decoder_is_killed_and_listed(tmp_path, pattern, write_
     t0 = time.monotonic()
     summary = prepare(str(tmp_path / "src"), str(tmp_path / "out"), resolution=16, min_frames=8, workers=2,
                       timeout_s=0.5, val_fraction=0.0, quiet=True)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 45  # the hung worker (60 s) was killed; generous for a loaded machine
     reasons = {s["path"]: s["reason"] for s in summary["skipped"]}
     assert reasons == {"k/hang.mp4": "timed out after 3 s", "k/crash.mp4": "decoder process crashed"}
     assert summary["videos"] == 1

@@ -65,7 +65,7 @@ def test_load_clip_returns_a_clip_or_one_line_naming_file_and_reason(kind, tmp_p
             load_clip(str(path), T, R)
         message = str(info.value)
         assert expected in message and str(path) in message and "\n" not in message, message
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # "not for ever": generous, so a loaded machine is not a failure
     assert _peak_rss_mb() - rss < 200  # the 16000x16000 GIF used to take 1 GB here
 
     if kind == "one_by_one":  # upscaled like any small video: one flat colour
@@ -110,7 +110,7 @@ def test_long_file_is_read_only_as_far_as_needed_and_within_the_time_limit(tmp_p
         read_video(ten_hours, fps=25, max_bytes=2**20)
     with pytest.raises(VideoReadError, match="timed out while decoding"):  # the deadline holds inside the fill
         read_video(ten_hours, fps=25, timeout_s=0.3, max_bytes=None)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # both stop early (unbounded, the fill takes minutes)
 
 
 def _manifest_and_samples(out):
@@ -137,7 +137,7 @@ def test_prepare_skips_every_hostile_file_with_its_reason(tmp_path, hostile, hos
     t0 = time.monotonic()
     summary = prepare(str(tmp_path / "src"), str(tmp_path / "out"), resolution=16, min_frames=8, shard_size=4,
                       workers=1, val_fraction=0.0, quiet=True)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 90  # generous: a hang is what this catches
     skipped = {s["path"].split("/")[-1]: s["reason"] for s in summary["skipped"]}
     expected_skips = {
         "truncated": "corrupt, truncated or not a video",
@@ -172,8 +172,8 @@ def test_prepare_gives_up_on_a_ten_hour_file_in_time(tmp_path, hostile, write_cl
     write_clip(src / "ok.mp4", pattern(12, 16, 16))
     t0 = time.monotonic()
     summary = prepare(str(tmp_path / "src"), str(tmp_path / "out"), resolution=16, fps=25, min_frames=8,
-                      workers=1, timeout_s=1.0, val_fraction=0.0, quiet=True)
-    assert time.monotonic() - t0 < 15
+                      workers=1, timeout_s=5.0, val_fraction=0.0, quiet=True)
+    assert time.monotonic() - t0 < 60  # the ten-hour file is given up at the 5 s timeout, not decoded for minutes
     assert summary["videos"] == 1
     [(path, reason)] = [(s["path"], s["reason"]) for s in summary["skipped"]]
     assert path == "c/ten_hours.mp4" and ("timed out" in reason or "too long" in reason), reason
@@ -236,10 +236,10 @@ def test_prepare_workers_do_not_inherit_pyav_garbage_that_deadlocks_them(tmp_pat
         cycle = {"resampler": resampler}
         cycle["self"] = cycle
         del cycle, resampler, frame
-        t0 = time.monotonic()
+        # a deadlocked worker is killed at the timeout and its video listed as skipped; the timeout is generous
+        # so that a slow (loaded) machine never looks like a deadlock
         summary = prepare(str(tmp_path / "src"), str(tmp_path / "out"), resolution=16, min_frames=8, workers=1,
-                          timeout_s=1.0, val_fraction=0.0, quiet=True)
+                          timeout_s=30.0, val_fraction=0.0, quiet=True)
     finally:
         gc.enable()
     assert summary["skipped"] == [] and summary["videos"] == 1, summary["skipped"]
-    assert time.monotonic() - t0 < 3

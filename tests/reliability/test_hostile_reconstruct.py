@@ -45,7 +45,7 @@ def test_reconstruct_loader_returns_frames_or_one_line(kind, tmp_path, hostile):
             load_frames(str(path), 32, 16, 4)
         message = str(info.value)
         assert EXPECTED[kind] in message and str(path) in message and "\n" not in message, message
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # "not for ever": generous, so a loaded machine is not a failure
     assert _peak_rss_mb() - rss < 200
     if kind == "real_4000x3000":
         assert frames.shape == (1, 32, 40, 3)  # 4000x3000 -> 42x32 while decoding -> 40x32 (multiples of 4)

@@ -23,7 +23,7 @@ def test_card_of_a_cli_run_quotes_its_data_metrics_and_commands(tokenizer_run, t
     assert card.startswith("---\nlibrary_name: magvit-pl\n") and "# magvit-pl tokenizer" in card
     assert "- clips: 8 frames every 1, 32x32" in card and "- training steps: 4" in card
     assert "- classes: pan_left, pan_right" in card and "- videos: train 8, val 8, test 8" in card
-    assert '"codebook_size": 64' in card  # the config, as JSON
+    assert '"dim": 6' in card  # the config, as JSON (the tiny LFQ's bits)
     psnr = tested["results"]["tokenizer"]["psnr"]
     assert "**reconstruction (" in card and f"| tokenizer | " in card and f"{psnr:.4g}" in card
     assert "**validation, last logged values (the run's metrics.csv)**" in card and "| val | " in card
