@@ -162,8 +162,7 @@ def _write_dataset(out: Path, p: dict, workers: int | None, name: str | None = N
     t0 = time.perf_counter()
     jobs = _shard_jobs(p)
     workers = min(8, os.cpu_count() or 1, len(jobs)) if workers is None else workers
-    quiet = "PYTEST_CURRENT_TEST" in os.environ  # a bar per test fixture is noise
-    with Progress(len(jobs), quiet, f"generating {name or out.name} ({sum(j[3] for j in jobs)} clips, once)") as bar:
+    with Progress(len(jobs), False, f"generating {name or out.name} ({sum(j[3] for j in jobs)} clips, once)") as bar:
         if workers > 1:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             # workers die with this process: a survivor would hold the dataset lock (inherited) for ever

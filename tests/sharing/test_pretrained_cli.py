@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,20 +84,20 @@ def test_broken_folders_and_misplaced_options_are_one_line(tiny_models, folders,
     shutil.rmtree(no_tok / "tokenizer")
     with pytest.raises(UserError, match="tokenizer folder 'tokenizer' is missing"):
         from_pretrained(no_tok)
-    outside = broken("mtm", "outside")
-    config = json.loads((outside / "config.json").read_text())
-    (outside / "config.json").write_text(json.dumps({**config, "tokenizer": "../tok"}))
-    with pytest.raises(UserError, match="must name a folder inside it"):
-        from_pretrained(outside)
-    shifted = broken("mtm", "shifted")
-    (shifted / "config.json").write_text(json.dumps({**config, "task_table": {**config["task_table"], "frame_prediction": 3}}))
-    with pytest.raises(UserError, match="its 'task_table' .* is not the model's"):
-        from_pretrained(shifted)
-    half = broken("tokenizer", "half")
-    config = json.loads((half / "config.json").read_text())
-    (half / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
-    with pytest.raises(UserError, match="is torch.float32, but config.json says bfloat16"):
-        from_pretrained(half)
+    def edited(kind: str, name: str, change) -> Path:  # a copy of the folder whose config.json is changed
+        folder = broken(kind, name)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change(config)}))
+        return folder
+
+    for kind, name, change, says in [
+        ("mtm", "outside", lambda c: {"tokenizer": "../tok"}, "must name a folder inside it"),
+        ("mtm", "shifted", lambda c: {"task_table": {**c["task_table"], "frame_prediction": 3}},
+         "its 'task_table' .* is not the model's"),
+        ("tokenizer", "half", lambda c: {"dtype": "bfloat16"}, "is torch.float32, but config.json says bfloat16"),
+    ]:
+        with pytest.raises(UserError, match=says):
+            from_pretrained(edited(kind, name, change))
 
     out = tmp_path / "out"
     for args, message in (
