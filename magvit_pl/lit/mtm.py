@@ -152,7 +152,8 @@ class MTMModule(LightningModule):
         self.grid = self.tokenizer.token_grid(hp.num_frames, hp.resolution, hp.resolution)
         self.vocab = self.task_config.vocab(k, hp.num_classes, {n: self.task(n).family for n in self.task_names})
         seq_len = self.vocab.prefix_len + math.prod(self.grid)
-        self.transformer = BidirectionalTransformer(self.vocab.size, seq_len, self.transformer_config, codebook_size=k)
+        self.transformer = BidirectionalTransformer(self.vocab.size, seq_len, self.transformer_config, codebook_size=k,
+                                                    grid=self.grid)
         if hp.activation_checkpointing:
             apply_activation_checkpointing(self.transformer)
 

@@ -12,6 +12,8 @@ autoregressive baseline decoder in ``magvit_pl.sampling``; MAGVIT itself never u
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -20,6 +22,9 @@ from torch import Tensor
 
 from magvit_pl.run.errors import UserError
 from magvit_pl.models.attention import Backend, KVCache, attention
+
+
+PositionEmbedding = Literal["learned", "factorized"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,11 @@ class TransformerConfig:
         pre_norm: Pre-LN blocks with a final LN instead of BERT's post-LN.
         attention_backend: ``sdpa`` (default), ``xformers`` (CUDA + xformers only, otherwise sdpa with a
             logged notice) or ``math`` (reference).
+        position_embedding: ``learned`` (the paper: one learned vector per sequence position) or
+            ``factorized``: the video tokens' position is the sum of learned time, row and column vectors
+            (``T + H + W`` vectors instead of ``T·H·W``; the prefix keeps one per position). Factorized
+            positions share what is learned across the grid, so a model trained for few steps can already
+            copy and move content in space and time; it needs the token ``grid``.
     """
 
     hidden_dim: int = 768
@@ -48,6 +58,10 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-12
     pre_norm: bool = False
     attention_backend: Backend = "sdpa"
+    position_embedding: PositionEmbedding = "learned"
+
+
+POSITION_EMBEDDINGS = get_args(PositionEmbedding)
 
 
 #: Named sizes (layers / width / heads / MLP width) for code and benchmarks; the paper YAMLs
@@ -141,6 +155,7 @@ class BidirectionalTransformer(nn.Module):
         seq_len: int,
         config: TransformerConfig = TransformerConfig(),
         codebook_size: int | None = None,
+        grid: tuple[int, int, int] | None = None,
     ):
         """
         Args:
@@ -148,6 +163,8 @@ class BidirectionalTransformer(nn.Module):
             seq_len: longest sequence, prefix included (positions are learned).
             config: width, depth, heads, dropout, normalisation and attention kernel.
             codebook_size: logits cover token ids ``[0, codebook_size)`` only; None = the whole vocab.
+            grid: the video tokens' ``(T, H, W)``, the last ``T·H·W`` positions of the sequence; needed by
+                ``position_embedding="factorized"``.
         """
         super().__init__()
         codebook_size = vocab_size if codebook_size is None else codebook_size
@@ -159,7 +176,16 @@ class BidirectionalTransformer(nn.Module):
         self.num_layers, self.num_heads, self.hidden_dim = c.num_layers, c.num_heads, hidden_dim
 
         self.tok_emb = nn.Embedding(vocab_size, hidden_dim)
-        self.pos_emb = nn.Embedding(seq_len, hidden_dim)
+        if c.position_embedding not in POSITION_EMBEDDINGS:
+            raise UserError(f"position_embedding={c.position_embedding!r} is not known; choose one of {', '.join(POSITION_EMBEDDINGS)}")
+        self.grid = None
+        if c.position_embedding == "factorized":
+            if grid is None or len(grid) != 3 or math.prod(grid) > seq_len:
+                raise UserError(f"position_embedding='factorized' needs the token grid (T, H, W) with T*H*W <= seq_len={seq_len}; got {grid}")
+            self.grid = tuple(int(g) for g in grid)
+            self.pos_t, self.pos_h, self.pos_w = (nn.Embedding(g, hidden_dim) for g in self.grid)
+        n_learned = seq_len - math.prod(self.grid) if self.grid else seq_len
+        self.pos_emb = nn.Embedding(n_learned, hidden_dim)  # every position, or only the prefix's
         self.emb_ln = nn.LayerNorm(hidden_dim, eps=eps)
         self.emb_drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
@@ -187,8 +213,7 @@ class BidirectionalTransformer(nn.Module):
         if start + L > self.seq_len:
             raise ValueError(f"sequence of {start + L} tokens is longer than seq_len={self.seq_len}")
         causal = causal or kv_cache is not None
-        pos = torch.arange(start, start + L, device=tokens.device)
-        x = self.emb_drop(self.emb_ln(self.tok_emb(tokens) + self.pos_emb(pos)))  # (B, L, C)
+        x = self.emb_drop(self.emb_ln(self.tok_emb(tokens) + self.positions(start, L)))  # (B, L, C)
         for i, block in enumerate(self.blocks):
             x = block(x, causal, kv_cache, i)
         if kv_cache is not None:
@@ -197,6 +222,15 @@ class BidirectionalTransformer(nn.Module):
         h = self.head_ln(F.gelu(self.head_dense(x), approximate="tanh"))  # (B, L, C)
         K = self.codebook_size
         return h @ self.tok_emb.weight[:K].t() + self.head_bias[:K]  # (B, L, K)
+
+    def positions(self, start: int, length: int) -> Tensor:
+        """Position vectors ``(length, C)`` of sequence positions ``start … start + length − 1``."""
+        if self.grid is None:
+            return self.pos_emb(torch.arange(start, start + length, device=self.pos_emb.weight.device))
+        t, h, w = self.grid
+        video = (self.pos_t.weight[:, None, None] + self.pos_h.weight[None, :, None] + self.pos_w.weight[None, None, :])
+        table = torch.cat([self.pos_emb.weight, video.reshape(t * h * w, -1)])  # (seq_len, C)
+        return table[start : start + length]
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache sized for this model (``max_len`` defaults to ``seq_len``)."""

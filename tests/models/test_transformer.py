@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +157,43 @@ def test_errors():
         _model(codebook_size=V + 1)
     with pytest.raises(ValueError, match="seq_len"):
         _model()(_tokens(L=S + 1))
+
+
+def _factorized(grid=(2, 2, 2), prefix=4):
+    torch.manual_seed(0)
+    config = TransformerConfig(hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64, position_embedding="factorized")
+    return BidirectionalTransformer(V, prefix + 8, config, codebook_size=K, grid=grid)
+
+
+def test_factorized_positions_are_sums_over_time_row_column():
+    m = _factorized()
+    table = m.positions(0, 12)
+    assert table.shape == (12, 32)
+    torch.testing.assert_close(table[:4], m.pos_emb.weight)  # the prefix keeps one vector per position
+    # video token (t, h, w) sits at 4 + t*4 + h*2 + w
+    for t, h, w in [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 0)]:
+        expected = m.pos_t.weight[t] + m.pos_h.weight[h] + m.pos_w.weight[w]
+        torch.testing.assert_close(table[4 + t * 4 + h * 2 + w], expected)
+    # far fewer position parameters than one per position on a real grid
+    big = BidirectionalTransformer(V, 2 + 4 * 16 * 16, TransformerConfig(hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64,
+                                   position_embedding="factorized"), codebook_size=K, grid=(4, 16, 16))
+    assert sum(p.numel() for n, p in big.named_parameters() if n.startswith("pos")) == (2 + 4 + 16 + 16) * 32
+
+
+def test_factorized_positions_with_kv_cache_match_full_causal_pass():
+    m = _factorized().eval()
+    x = _tokens()
+    full = m(x, causal=True)
+    cache = m.new_kv_cache(2)
+    parts = [m(x[:, :5], kv_cache=cache), m(x[:, 5:9], kv_cache=cache), m(x[:, 9:], kv_cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_factorized_positions_need_the_grid_and_a_known_name():
+    config = TransformerConfig(hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, position_embedding="factorized")
+    with pytest.raises(UserError, match="needs the token grid"):
+        BidirectionalTransformer(V, S, config, codebook_size=K)
+    with pytest.raises(UserError, match="needs the token grid"):
+        BidirectionalTransformer(V, S, config, codebook_size=K, grid=(2, 4, 4))  # 32 video tokens > seq_len 12
+    with pytest.raises(UserError, match="choose one of learned, factorized"):
+        BidirectionalTransformer(V, S, dataclasses.replace(config, position_embedding="sinusoid"), codebook_size=K)
