@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             new_rows, rate = bench_one(preset, batch, args, vocab, device, before, batch == 1 or not large, repeats)
             rows += new_rows
             matmul.append(rate)
-            print(f"done {preset} batch {batch}", file=sys.stderr, flush=True)
+            print(f"done {preset} batch {batch}: {json.dumps(new_rows, separators=(',', ':'))}", file=sys.stderr, flush=True)
     result = {
         "benchmark": "sampling",
         "device": str(device),
