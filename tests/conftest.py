@@ -24,6 +24,18 @@ TINY_TOKENIZER = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip on a machine without a CUDA device (the one marker for GPU tests)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_run_dir_env():
     """A fit in this process sets MAGVIT_PL_RUN_DIR (for DDP children); never let it leak into the next test.

@@ -5,7 +5,7 @@ import torch
 
 from magvit_pl.commit import Vocab, build_prefix
 from magvit_pl.models.transformer import BidirectionalTransformer, TransformerConfig
-from magvit_pl.sampling import decode, decode_autoregressive, sample_logits
+from magvit_pl.sampling import decode, decode_autoregressive, gumbel, sample_logits
 
 VOCAB = Vocab(codebook_size=8, num_classes=3, task_names=("fp", "opc"))
 K, MASK = VOCAB.codebook_size, VOCAB.mask
@@ -157,3 +157,53 @@ def test_decode_with_real_tiny_transformer():
     z_cond, cond = _cond()
     out = decode(m, z_cond, cond, _prefix(), VOCAB, steps=4, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, N) and out.max() < K and out.min() >= 0
+
+
+def _reference_decode(model_fn, z_cond, cond, prefix, steps, temperature=1.0, top_k=None, generator=None):
+    """The COMMIT loop written out as the module docstring states it (and as decode ran before it skipped the
+    known positions): logits, a draw and a confidence at EVERY position, ranks by a double argsort."""
+    B, N = z_cond.shape
+    refill = torch.where(cond, z_cond, torch.full_like(z_cond, MASK))
+    tokens, unknown = refill.clone(), torch.ones_like(cond)
+    for step in range(steps):
+        logits = model_fn(torch.cat([prefix, tokens], 1))[:, -N:, :K]
+        sampled = torch.where(unknown, sample_logits(logits, temperature, top_k, generator), tokens)
+        logp = logits.gather(-1, sampled[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        progress = (step + 1) / steps
+        conf = torch.where(unknown, logp, torch.full_like(logp, float("inf")))
+        conf = conf + 4.5 * (1 - progress) * gumbel(conf.shape, generator, conf.device)
+        num = torch.floor(N * torch.tensor(math.cos(math.pi / 2 * progress), dtype=torch.float64)).long().clamp(min=1)
+        num = torch.minimum(num.expand(B), unknown.sum(1) - 1).clamp(min=0)
+        remask = conf.argsort(dim=1, stable=True).argsort(dim=1) < num[:, None]
+        tokens, unknown = torch.where(remask, refill, sampled), remask
+    return sampled
+
+
+@pytest.mark.parametrize("kw", [{}, {"temperature": 0.7}, {"top_k": 3}, {"temperature": 0.0}])
+def test_decode_gives_the_reference_loops_tokens(kw):
+    """Sampling only the unknown positions, with the model computing only their logits, changes no token:
+    the same generator seed gives what the written-out loop over every position gives."""
+    m = _tiny(seed=3)
+    with torch.no_grad():
+        m.head_bias[:K] += torch.linspace(-2, 2, K)  # a distribution worth sampling from
+    z_cond, cond = _cond(B=3)
+    prefix = _prefix(B=3, labels=torch.tensor([0, 1, 2]))
+    got = decode(m, z_cond, cond, prefix, VOCAB, steps=6, generator=torch.Generator().manual_seed(7), **kw)
+    want = _reference_decode(m, z_cond, cond, prefix, 6, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(got, want)
+    if kw.get("temperature", 1.0) > 0:
+        assert len(set(got.flatten().tolist())) > 2  # sampled, not one repeated code
+
+
+def test_decode_asks_the_model_for_the_unknown_positions_only():
+    """A model that supports ``logits_at`` runs its head on the positions still unknown at each step (N, then
+    the re-masked counts), not on the whole sequence; a plain callable still gets the full sequence."""
+    m = _tiny()
+    rows = []
+    m.head_dense.register_forward_hook(lambda mod, i, o: rows.append(i[0].shape[:-1].numel()))
+    z_cond, cond = _cond()
+    out = decode(m, z_cond, cond, _prefix(), VOCAB, steps=6, generator=torch.Generator().manual_seed(0))
+    unknown = [N] + [max(1, math.floor(N * math.cos(math.pi / 2 * t / 6))) for t in range(1, 6)]
+    assert rows == [2 * n for n in unknown]  # batch 2
+    plain = decode(lambda seq: m(seq), z_cond, cond, _prefix(), VOCAB, steps=6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, plain) and rows[6:] == [2 * (2 + N)] * 6

@@ -8,6 +8,13 @@ official JAX code (``jax.nn.gelu``). ``pre_norm=True`` switches to pre-LN blocks
 
 The same module runs causally (``causal=True``, optionally with a :class:`KVCache`) for the
 autoregressive baseline decoder in ``magvit_pl.sampling``; MAGVIT itself never uses that mode.
+
+Cost (``benchmarks/sampling.py --demo``): ``forward(tokens, logits_at=mask)`` computes the logits of the
+masked positions only, and after the last block's attention only their rows go on (projection, MLP,
+norms, the head): COMMIT decoding needs the logits of the positions it still predicts, about two thirds
+of them over a 12-step cosine schedule. Residual adds run in place on the new branch output (no extra
+tensor), and on CPU without autograd fc1 and the head's dense layer take their GELU as a oneDNN post-op
+(:func:`magvit_pl.models.kernels.linear_gelu`). Same maths: outputs equal the plain ops to float rounding.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from magvit_pl.run.errors import UserError
+from magvit_pl.models import kernels
 from magvit_pl.models.attention import Backend, KVCache, attention
 
 
@@ -99,7 +107,10 @@ class SelfAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.backend = backend
 
-    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0,
+                rows: Tensor | None = None) -> Tensor:
+        """``proj(attention(x))`` ``(B, L, C)``; with ``rows`` ``(B, L)`` bool, the rows where it is True
+        only, ``(M, C)`` in row-major order (every position is still a key and a value)."""
         B, L, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         hs = C // self.num_heads
@@ -109,7 +120,7 @@ class SelfAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         y = attention(q, k, v, backend=self.backend, dropout_p=p, causal=causal)  # (B, nh, L, hs)
         y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
-        return self.proj(y)
+        return self.proj(y if rows is None else y[rows])  # (B, L, C) or (M, C)
 
 
 class Block(nn.Module):
@@ -136,14 +147,20 @@ class Block(nn.Module):
         self.pre_norm = pre_norm
 
     def mlp(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(kernels.linear_gelu(x, self.fc1))
 
-    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False, kv_cache: KVCache | None = None, layer: int = 0,
+                rows: Tensor | None = None) -> Tensor:
+        """The layer on ``x`` ``(B, L, C)``; with ``rows`` ``(B, L)`` bool only those rows' outputs ``(M, C)``.
+
+        Each residual add runs in place on the branch's fresh output (``x + branch`` = ``branch + x``
+        exactly; a linear layer or dropout keeps no output for backward, so autograd is unaffected)."""
+        kept = x if rows is None else x[rows]  # the residual stream of the rows that go on
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.ln1(x), causal, kv_cache, layer))
-            return x + self.drop(self.mlp(self.ln2(x)))
-        x = self.ln1(x + self.drop(self.attn(x, causal, kv_cache, layer)))
-        return self.ln2(x + self.drop(self.mlp(x)))
+            x = self.drop(self.attn(self.ln1(x), causal, kv_cache, layer, rows)).add_(kept)
+            return self.drop(self.mlp(self.ln2(x))).add_(x)
+        x = self.ln1(self.drop(self.attn(x, causal, kv_cache, layer, rows)).add_(kept))
+        return self.ln2(self.drop(self.mlp(x)).add_(x))
 
 
 class BidirectionalTransformer(nn.Module):
@@ -199,7 +216,11 @@ class BidirectionalTransformer(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(vocab_size))
         init_bert_(self)
 
-    def forward(self, tokens: Tensor, causal: bool = False, kv_cache: KVCache | None = None) -> Tensor:
+    #: ``forward`` takes ``logits_at`` (``magvit_pl.sampling.decode`` asks for the positions it predicts)
+    supports_logits_at = True
+
+    def forward(self, tokens: Tensor, causal: bool = False, kv_cache: KVCache | None = None,
+                logits_at: Tensor | None = None) -> Tensor:
         """Logits ``(B, L, codebook_size)`` for token ids ``(B, L)``.
 
         Args:
@@ -207,6 +228,9 @@ class BidirectionalTransformer(nn.Module):
             causal: attend only to earlier positions (autoregressive baseline).
             kv_cache: continue a causal sequence: ``tokens`` are the positions after
                 ``kv_cache.length``; keys/values are stored and the cache advanced. Implies causal.
+            logits_at: ``(B, L)`` bool: return the logits ``(M, codebook_size)`` of the M positions where it
+                is True only, in row-major order (what ``logits[logits_at]`` would be); after the last
+                block's attention only those rows are computed.
         """
         B, L = tokens.shape
         start = 0 if kv_cache is None else kv_cache.length
@@ -214,14 +238,15 @@ class BidirectionalTransformer(nn.Module):
             raise ValueError(f"sequence of {start + L} tokens is longer than seq_len={self.seq_len}")
         causal = causal or kv_cache is not None
         x = self.emb_drop(self.emb_ln(self.tok_emb(tokens) + self.positions(start, L)))  # (B, L, C)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, causal, kv_cache, i)
+            x = block(x, causal, kv_cache, i, rows=logits_at if i == last else None)  # (B, L, C); (M, C) after the last
         if kv_cache is not None:
             kv_cache.advance(L)
         x = self.final_ln(x)
-        h = self.head_ln(F.gelu(self.head_dense(x), approximate="tanh"))  # (B, L, C)
+        h = self.head_ln(kernels.linear_gelu(x, self.head_dense))  # (B, L, C) or (M, C)
         K = self.codebook_size
-        return h @ self.tok_emb.weight[:K].t() + self.head_bias[:K]  # (B, L, K)
+        return F.linear(h, self.tok_emb.weight[:K], self.head_bias[:K])  # tied embedding + bias: (B, L, K) or (M, K)
 
     def positions(self, start: int, length: int) -> Tensor:
         """Position vectors ``(length, C)`` of sequence positions ``start … start + length − 1``."""

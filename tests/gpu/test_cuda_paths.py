@@ -17,7 +17,6 @@ from magvit_pl.models.quantizers import LookupFreeQuantizer
 from magvit_pl.models.quantizers.vq import VectorQuantizer
 
 REPO = Path(__file__).resolve().parents[2]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # bf16 keeps 8 bits of mantissa: a latent rounded to bf16 may cross to a neighbouring code only when it lies
 # within ~2^-8 of the boundary; on N(0, 1) latents that is well under these fractions of the tokens
 CODE_AGREEMENT = {"lfq": 0.99, "vq": 0.98}
@@ -44,7 +43,6 @@ def bf16_codes(kind: str, device: str) -> tuple[float, bool, bool]:
 
 
 @pytest.mark.cuda
-@needs_cuda
 @pytest.mark.parametrize("kind", ["lfq", "vq"])
 def test_quantizer_bf16_autocast_gives_finite_outputs_and_fp32_codes(kind):
     agree, finite, exact = bf16_codes(kind, "cuda")
@@ -54,7 +52,6 @@ def test_quantizer_bf16_autocast_gives_finite_outputs_and_fp32_codes(kind):
 
 
 @pytest.mark.cuda
-@needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
 def test_attention_backends_agree_on_cuda(dtype, tol):
     g = torch.Generator().manual_seed(0)
@@ -68,7 +65,6 @@ def test_attention_backends_agree_on_cuda(dtype, tol):
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_checkpoint_written_on_gpu_loads_on_cpu_through_the_checked_loader(tmp_path):
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader

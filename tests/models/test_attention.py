@@ -93,10 +93,10 @@ def test_kv_cache_update_and_overflow():
         c.update(0, torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
 
 
-@pytest.mark.gpu
+@pytest.mark.cuda
 def test_xformers_matches_sdpa_on_cuda():
-    if not torch.cuda.is_available() or attn_mod._xformers_ops() is None:
-        pytest.skip("needs CUDA and xformers")
+    if attn_mod._xformers_ops() is None:
+        pytest.skip("needs xformers")
     q, k, v = (t.cuda() for t in _qkv(lq=16, lk=16, hs=32))
     assert resolve_backend("xformers", q.device) == "xformers"
     for causal in (False, True):

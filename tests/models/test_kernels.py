@@ -50,3 +50,22 @@ def test_fast_path_gradients_equal_reference(norm_groups):
     assert len(got) == len(want) > 10
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-5, rtol=1e-3), (g - w).abs().max()
+
+
+@pytest.mark.parametrize("rows", [4, 64, 300])
+def test_linear_gelu_equals_the_plain_ops(rows):
+    """Below FUSED_LINEAR_MIN_ROWS the plain ops run; from it on, without autograd, one oneDNN call: both give
+    F.gelu(fc(x), approximate="tanh"); with autograd the gradients are the plain ops' too."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(16, 48)
+    x = torch.randn(rows, 16, generator=torch.Generator().manual_seed(1))
+    want = torch.nn.functional.gelu(fc(x), approximate="tanh")
+    with torch.no_grad():
+        got = kernels.linear_gelu(x, fc)
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    assert want.abs().mean() > 0.1
+    xg = x.clone().requires_grad_()
+    kernels.linear_gelu(xg, fc).sum().backward()
+    ref = x.clone().requires_grad_()
+    torch.nn.functional.gelu(torch.nn.functional.linear(ref, fc.weight, fc.bias), approximate="tanh").sum().backward()
+    torch.testing.assert_close(xg.grad, ref.grad)

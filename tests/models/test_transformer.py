@@ -197,3 +197,39 @@ def test_factorized_positions_need_the_grid_and_a_known_name():
         BidirectionalTransformer(V, S, config, codebook_size=K, grid=(2, 4, 4))  # 32 video tokens > seq_len 12
     with pytest.raises(UserError, match="choose one of learned, factorized"):
         BidirectionalTransformer(V, S, dataclasses.replace(config, position_embedding="sinusoid"), codebook_size=K)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_logits_at_gives_the_asked_rows_of_the_full_logits(pre_norm):
+    """``logits_at`` (what COMMIT decoding asks for) computes the rows after the last block's attention only;
+    they equal the full pass's rows, in row-major order, and the head sees only those rows."""
+    m = _model(pre_norm=pre_norm, dropout=0.0).eval()
+    x = _tokens(B=3)
+    rows = torch.rand(3, S, generator=torch.Generator().manual_seed(2)) < 0.5
+    seen = []
+    m.head_dense.register_forward_hook(lambda mod, i, o: seen.append(i[0].shape[0]))
+    with torch.no_grad():
+        full, part = m(x), m(x, logits_at=rows)
+    assert part.shape == (int(rows.sum()), K)
+    torch.testing.assert_close(part, full[rows], atol=1e-5, rtol=1e-5)
+    assert seen[-1] == int(rows.sum())  # (M, C) into the head, not (B, L, C)
+    assert full.abs().mean() > 0.01  # BERT init: small but real logits
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_cpu_inference_fast_path_equals_the_plain_ops(pre_norm):
+    """Without autograd on CPU, fc1 and the head's dense layer take their GELU as a oneDNN post-op once a
+    call has 64+ rows (here 2 x 40); the plain ops (kernels.reference_kernels) give the same logits."""
+    from magvit_pl.models import kernels
+
+    torch.manual_seed(0)
+    config = TransformerConfig(hidden_dim=32, num_layers=2, num_heads=2, mlp_dim=64, pre_norm=pre_norm)
+    m = BidirectionalTransformer(V, 40, config, codebook_size=K).eval()
+    x = _tokens(L=40)
+    with torch.no_grad():
+        fast = m(x)
+        with kernels.reference_kernels():
+            plain = m(x)
+    graph = m(x).detach()  # with autograd: the plain ops
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(graph, plain, atol=0, rtol=0)
