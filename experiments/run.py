@@ -54,7 +54,7 @@ TOK2D_S8 = "experiments/configs/tokenizer_2d_s8.yaml"
 
 #: metric -> True when higher is better (plots and the difference say which way is better)
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "rfvd": False, "fvd": False,
-                    "cond_token_agreement": True}
+                    "psnr_given": True, "ssim_given": True, "cond_token_agreement": True, "seconds": False}
 
 
 # ------------------------------------------------------------------------------------------ definitions
@@ -123,19 +123,29 @@ DEMO_TOKENIZER = Stage("tok_demo", (TOK,), steps=1500, seed=0)
 MTM_COMMIT = Stage("mtm_commit", (MTM,), previous="--model.init_args.tokenizer_ckpt", kind="mtm")
 MTM_STEPS = 1500
 
+
+def mtm_arm(name: str, label: str, stage: str = "", args: tuple[str, ...] = ()) -> Arm:
+    """An MTM arm on the shared demo tokenizer: ``configs/mtm.yaml`` plus ``args`` (its own run ``stage``)."""
+    return Arm(name, label, (DEMO_TOKENIZER, dataclasses.replace(MTM_COMMIT, name=stage, args=args) if stage else MTM_COMMIT))
+
+
+def task_eval(task: str, *more: str) -> Eval:
+    """``cli.py test --task TASK``: PSNR on the given region and the share of condition tokens kept (+ ``more``)."""
+    return Eval(task, "task", task=task, metrics=("psnr_given", "cond_token_agreement", *more))
+
 COMPARISONS = {c.name: c for c in (
     Comparison(
         "3d_vs_2d", "3D-VQ vs per-frame 2D-VQ at equal token count",
-        "MAGVIT Table 7: 3D-VQ reconstructs video far better than per-frame 2D VQ (UCF-101 rFVD 58 for "
-        "MAGVIT 3D-VQ-B vs about 240 for MaskGIT's 2D-VQ, which even had 4x more tokens)",
+        "MAGVIT (tokenizer comparison): 3D-VQ reconstructs video far better than per-frame 2D VQ (UCF-101 rFVD 58 "
+        "for MAGVIT 3D-VQ-B vs about 240 for MaskGIT's 2D-VQ)",
         arms=(Arm("3d", "3D-VQ, token = 4x4x4 px (2x8x8 tokens)", (TOK3D,)),
               Arm("2d", "2D-VQ per frame, token = 1x8x8 px (8x4x4 tokens)",
                   (Stage("tok2d_s8", (TOK, TOK2D, PER_FRAME, TOK2D_S8)),))),
         evals=(REAL_8F, REAL_16F_FVD, HELD_OUT), steps=400),
     Comparison(
         "inflation_vs_scratch", "Central inflation of a 2D model vs the 3D model from scratch, equal steps",
-        "MAGVIT section 3.1 and Table 7: the 3D-VQ is initialised by central inflation of a 2D-VQ, which the "
-        "paper's ablation finds better than training the 3D model from scratch (its headline 3D-VQ-B, UCF-101 "
+        "MAGVIT section 3.1 and its tokenizer ablation: the 3D-VQ is initialised by central inflation of a 2D-VQ, "
+        "which the paper finds better than training the 3D model from scratch (its headline 3D-VQ-B, UCF-101 "
         "rFVD 58, is an inflated model)",
         arms=(Arm("inflated", "2D (1/2 of the steps), inflated, then 3D (1/2)",
                   (Stage("tok2d_s4", (TOK, TOK2D, PER_FRAME), share=0.5),
@@ -144,28 +154,24 @@ COMPARISONS = {c.name: c for c in (
         evals=(REAL_8F, HELD_OUT), steps=400),
     Comparison(
         "commit_vs_naive", "COMMIT vs naive masked-token conditioning",
-        "MAGVIT Table 8: COMMIT's conditional masking beats plain MTM conditioning on multi-task FVD",
-        arms=(Arm("commit", "COMMIT (mode commit)", (DEMO_TOKENIZER, MTM_COMMIT)),
-              Arm("naive", "naive MTM (mode naive)", (DEMO_TOKENIZER, dataclasses.replace(
-                  MTM_COMMIT, name="mtm_naive", args=("--model.commit.mode", "naive"))))),
-        evals=(Eval("frame_prediction", "task", task="frame_prediction", metrics=("psnr", "cond_token_agreement")),
-               Eval("outpainting_central", "task", task="outpainting_central", metrics=("psnr", "cond_token_agreement"))),
-        steps=MTM_STEPS),
+        "MAGVIT section 3.2 and its ablation: COMMIT's conditional masking (condition tokens from the padded "
+        "condition video inside the masked region) beats plain masked-token conditioning",
+        arms=(mtm_arm("commit", "COMMIT (mode commit)"),
+              mtm_arm("naive", "naive MTM (mode naive)", "mtm_naive", ("--model.commit.mode", "naive"))),
+        evals=(task_eval("frame_prediction"), task_eval("outpainting_central")), steps=MTM_STEPS),
     Comparison(
         "multi_vs_single_task", "Multi-task vs single-task MTM at equal steps, scored on the single task",
-        "MAGVIT Table 9: one multi-task model matches or beats single-task models on their own task",
-        arms=(Arm("multi", "all tasks", (DEMO_TOKENIZER, MTM_COMMIT)),
-              Arm("single", "frame prediction only", (DEMO_TOKENIZER, dataclasses.replace(
-                  MTM_COMMIT, name="mtm_fp_only", args=("--model.tasks.names", "[frame_prediction]"))))),
-        evals=(Eval("frame_prediction", "task", task="frame_prediction", metrics=("psnr", "cond_token_agreement")),),
-        steps=MTM_STEPS),
+        "MAGVIT section 4 (multi-task results): one model trained on many tasks matches or beats models "
+        "trained on one task, on that task",
+        arms=(mtm_arm("multi", "all tasks"),
+              mtm_arm("single", "frame prediction only", "mtm_fp_only", ("--model.tasks.names", "[frame_prediction]"))),
+        evals=(task_eval("frame_prediction"),), steps=MTM_STEPS),
     Comparison(
         "decoding_steps", "COMMIT decoding steps: quality and wall time",
-        "MAGVIT section 4.4: 12 decoding steps suffice; quality saturates with more steps",
+        "MAGVIT: 12 COMMIT decoding steps instead of one model call per token (1024 autoregressive steps)",
         arms=tuple(Arm(f"steps{k}", f"{k} steps", (DEMO_TOKENIZER, MTM_COMMIT), ("--model.sampling.steps", str(k)))
                    for k in (4, 8, 12, 16, 24)),
-        evals=(Eval("frame_prediction", "task", task="frame_prediction", metrics=("psnr", "cond_token_agreement", "seconds")),),
-        steps=MTM_STEPS),
+        evals=(task_eval("frame_prediction", "seconds"),), steps=MTM_STEPS),
 )}
 
 # --smoke: what shrinks every command to seconds (same overrides as the tests' tiny configs)
@@ -301,7 +307,6 @@ class Runner:
             shutil.rmtree(run_dir)
         t0 = time.perf_counter()
         self.execute(run, run_dir.parent / f"{run_dir.name}.fit.log")
-        os.environ.pop("MAGVIT_PL_RUN_DIR", None)  # an in-process fit leaves it for DDP children
         write_json(run_dir / DONE, {"command": display(cmd), "seconds": round(time.perf_counter() - t0, 1),
                                     "resumed": last.is_file() and "--ckpt_path" in run})
         return display(cmd)
@@ -424,6 +429,9 @@ def run_in_process(cmd: list[str]) -> dict | None:
             return module.main(cmd[2:])
     finally:
         sys.argv = argv
+        # a Lightning command in this process leaves its folder here for DDP children, and the next command
+        # would write into it instead of its own --run_dir
+        os.environ.pop("MAGVIT_PL_RUN_DIR", None)
 
 
 # ------------------------------------------------------------------------------------------------- figure
