@@ -91,7 +91,8 @@ def test_3d_vs_2d_smoke_writes_json_and_figure_with_equal_token_counts_then_resu
 
 def test_inflation_arm_initialises_its_3d_stage_from_the_2d_stage(harness, shared):
     tmp_path = shared
-    report = smoke(harness, tmp_path, "inflation_vs_scratch", "--seeds", "0")
+    report = smoke(harness, tmp_path, "inflation_vs_scratch", "--seeds", "0", "--rfvd")
+    assert "real_clips_16f_rfvd" in report["skipped"]  # added by --rfvd; no real clips in this test
     inflated = report["arms"]["inflated"]["commands"]["seed0"]
     assert "--model.init_args.init_from" in inflated[1] and "tok2d_s4-2/seed0/checkpoints/last.ckpt" in inflated[1]
     assert "--model.init_args.init_from" not in report["arms"]["scratch"]["commands"]["seed0"][0]
@@ -125,6 +126,7 @@ def test_mtm_comparisons_plan_their_arms_and_score_through_cli_test(harness, tmp
     (["nope"], "comparison 'nope': choose one of 3d_vs_2d"),
     (["3d_vs_2d", "--steps", "1"], "--steps 1: must be >= 2"),
     (["3d_vs_2d", "--data", "/no/such/folder"], "--data /no/such/folder: not a folder"),
+    (["decoding_steps", "--rfvd"], "--rfvd: decoding_steps scores transformers"),
 ])
 def test_mistakes_are_one_error_line(harness, args, message):
     with pytest.raises(harness.UsageError, match=message.replace("(", r"\(")):
