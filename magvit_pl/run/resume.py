@@ -136,8 +136,8 @@ class ResumedOptimizerSettings(Callback):
         for restored, fresh in zip(trainer.optimizers, fresh_opts):
             for group, new in zip(restored.param_groups, fresh.param_groups):
                 group.update({k: v for k, v in new.items() if k not in ("params", "lr")})
-        for restored, fresh in zip(trainer.lr_scheduler_configs, fresh_scheds):
-            old, new = restored.scheduler, fresh.scheduler
+        for restored, fresh in zip(trainer.lr_scheduler_configs, fresh_scheds):  # fresh: a scheduler or its dict
+            old, new = restored.scheduler, fresh["scheduler"] if isinstance(fresh, dict) else fresh
             if hasattr(old, "base_lrs"):
                 old.base_lrs = list(new.base_lrs)
             if isinstance(old, torch.optim.lr_scheduler.LambdaLR):

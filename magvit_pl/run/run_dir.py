@@ -179,11 +179,15 @@ def media_dir(trainer: Any) -> Path:
 
 # --------------------------------------------------------------------- config.yaml found next to a checkpoint
 # What a run's config.yaml may name when `test`/`validate` pick it up by themselves (no --config): the classes
-# this package's runs record, and Lightning's three distributed strategies the shipped hardware configs use.
+# this package's runs record, Lightning's three distributed strategies the shipped hardware configs use, and
+# the loggers that write local files.
 RUN_CONFIG_CLASSES = (
     *LIGHTNING_MODULES.values(), "magvit_pl.data.VideoDataModule", "magvit_pl.data.datamodule.VideoDataModule",
     "magvit_pl.losses.PerceptualLoss", "lightning.pytorch.strategies.DDPStrategy",
     "lightning.pytorch.strategies.DeepSpeedStrategy", "lightning.pytorch.strategies.FSDPStrategy",
+    # loggers that write only local files (README "Experiment tracking"); those that send data elsewhere (W&B,
+    # MLflow, ...) are not built from a config found next to a checkpoint: pass it with --config
+    "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger",
 )
 # FSDP arguments that jsonargparse resolves to imported classes or callables: only these block classes
 FSDP_POLICY_ARGS = ("auto_wrap_policy", "activation_checkpointing_policy", "activation_checkpointing")
