@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "magvit_pl.tasks"
 LatentRule = Literal["task", "any", "all"]
 LATENT_RULES: tuple[str, ...] = get_args(LatentRule)
-FETCH_I3D = "python cli.py fetch-weights i3d"
 
 _skipped_metrics_logged: set[str] = set()  # metric names whose absence was already logged once
 
@@ -197,7 +196,7 @@ def build_fvd(paired: bool = False) -> Any | None:
     try:
         return PairedFVD() if paired else FrechetVideoDistance()
     except MissingWeightsError as err:
-        _log_skip("fvd", f"FVD skipped: {err} (run: {FETCH_I3D})")
+        _log_skip("fvd", f"FVD skipped: {err}")  # the error names the fetch-weights command
         return None
 
 

@@ -1,6 +1,7 @@
 """The command line: help, one-line errors with non-zero exits, and every shipped YAML parses."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,13 @@ def test_help_lists_every_command(capsys):
         (["prepare", "--input", "/no/such/videos", "--output", "/tmp/x"], "/no/such/videos"),
         (["prepare", "--input", ".", "--output", "/tmp/x", "--layout", "zip"], "layout"),
         (["fetch-weights", "alexnet"], "alexnet"),
+        # no model and data, or a paper recipe without its data config: which --config to add (issue 16, item 10)
+        (["fit"], "no model and data given: start from a shipped config, e.g. --config configs/tokenizer.yaml"),
+        (["fit", "--config", "configs/paper/tokenizer_B.yaml"], "no data given: add a data config after the model's, e.g. --config configs/data/ucf101.yaml"),
+        # no optimiser options: they would replace the modules' own (issue 16, item 8)
+        (["fit", "--config", "configs/tokenizer.yaml", "--optimizer", "Adam"], "--optimizer"),
+        # a bare boolean flag is `true` (issue 16, item 9): the command gets past its options to the missing file
+        (["export", "--ckpt_path", "/no/such.ckpt", "--output", "/tmp/x.safetensors", "--overwrite"], "/no/such.ckpt"),
         (["generate", "--task", "frame_prediction", "--input", "x.mp4", "--ckpt_path", "/no/such.ckpt"], "/no/such.ckpt"),
     ],
 )
@@ -201,3 +209,43 @@ def test_an_mtm_option_of_the_flat_layout_says_where_it_moved(capsys, args, move
     else:
         assert err[0] == ("error: model.tasks takes its fields (names, num_cond_frames, latent_rule, task_token, shared_task_tokens, weights, schedule), not a single value; "
                           "e.g. --model.tasks.names VALUE, or in YAML tasks: {names: ...}")
+
+
+def test_fit_help_shows_the_model_and_data_options_with_their_short_forms():
+    """Issue 16, items 7 and 8: LightningCLI alone shows only `--model CLASS_PATH`; and no optimiser options."""
+    with_config = run_cli("fit", "--config", "configs/tokenizer.yaml", "--help")
+    assert with_config.returncode == 0, with_config.stderr[-2000:]
+    out = with_config.stdout
+    assert "model options of magvit_pl.lit.tokenizer.TokenizerModule" in out and "--model.lr LR" in out
+    assert "data options of magvit_pl.data.VideoDataModule" in out and "--data.data_dir DATA_DIR" in out
+    assert "magvit_pl.lit.mtm.MTMModule" not in out and "--optimizer" not in out and "--lr_scheduler" not in out
+    bare = run_cli("fit", "--help").stdout
+    assert "model options of magvit_pl.lit.tokenizer.TokenizerModule" in bare and "model options of magvit_pl.lit.mtm.MTMModule" in bare
+    assert "--model.optim OPTIM" in bare and "--model.optim.help" in bare and "--model.lr LR" in bare
+
+
+def test_the_readme_short_forms_and_bare_trainer_flags_parse():
+    """`--model.lr`, `--data.data_dir` (README) and a bare `--trainer.enable_progress_bar` reach the config."""
+    import yaml
+
+    config = yaml.safe_load(print_config(REPO / "configs" / "tokenizer.yaml", args=[
+        "--model.lr", "0.5", "--data.data_dir", "somewhere", "--trainer.enable_progress_bar", "--trainer.max_steps", "7"]))
+    assert config["model"]["init_args"]["lr"] == 0.5 and config["data"]["init_args"]["data_dir"] == "somewhere"
+    assert config["trainer"]["enable_progress_bar"] is True and config["trainer"]["max_steps"] == 7
+
+
+def test_prepare_guarantees_a_val_split_and_prints_the_next_fit(tmp_path, pattern, write_raw):
+    """Issue 16, item 10: two videos and the default val_fraction (5 %) used to make no val split; one video says so."""
+    src = tmp_path / "videos"
+    for i in range(2):
+        write_raw(src / "cls" / f"clip{i}.mp4", pattern(20, 16, 16, seed=i))
+    result = run_cli("prepare", "--input", str(src), "--output", str(tmp_path / "two"), "--resolution", "16", "--workers", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 1, "val": 1}
+    assert f"next: python cli.py fit --config configs/tokenizer.yaml --data.data_dir {tmp_path / 'two'}\n" in result.stdout
+    one = run_cli("prepare", "--input", str(src / "cls" / "clip0.mp4"), "--output", str(tmp_path / "one"), "--resolution", "16")
+    assert one.returncode == 0, one.stderr[-2000:]
+    text = " ".join(one.stdout.split())
+    assert "no 'val' split (1 usable video(s)): fit validates on 'train' instead" in text
+    assert f"next: python cli.py fit --config configs/tokenizer.yaml --data.data_dir {tmp_path / 'one'} --data.val_split train" in text

@@ -7,12 +7,14 @@
 - ``csv``: a CSV file with rows path,label[,split].
 
 Videos without a split go to 'val' with probability ``val_fraction``, chosen by a hash of the path, so
-the same files land there on every run and machine. Class names must survive ``classes.txt`` (one name
+the same files land there on every run and machine; with ``val_fraction > 0`` and two or more such videos, at
+least one goes to 'val' (the one with the smallest hash). Class names must survive ``classes.txt`` (one name
 per line); list, CSV and classes files are read as UTF-8 text of bounded size.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import hashlib
 import io
@@ -117,14 +119,27 @@ def discover(input: str, layout: str, val_fraction: float = 0.05, split_dir: str
         twice = next(c for c in names if names.count(c) > 1)
         raise UserError(f"class '{twice}' is listed twice in --classes {classes}")
     index = {c: i for i, c in enumerate(names)}
-    items = []
+    items, hashed = [], []
     for rel, cls, split in rows:
         if cls not in index:
             raise UserError(f"class '{cls}' of {rel} is not in the --classes file {classes}")
-        split = _normalise_split(split, rel) or ("val" if _hash_fraction(rel) < val_fraction else "train")
+        given = _normalise_split(split, rel)
+        split = given or ("val" if _hash_fraction(rel) < val_fraction else "train")
         path = Path(rel) if Path(rel).is_absolute() else base / rel
+        if given is None:
+            hashed.append(len(items))
         items.append(Item(str(path), rel, index[cls], cls, split))
-    return Sources(items, names, unusable)
+    return Sources(_at_least_one_val(items, hashed, val_fraction), names, unusable)
+
+
+def _at_least_one_val(items: list[Item], hashed: list[int], val_fraction: float) -> list[Item]:
+    """With ``val_fraction > 0``, no 'val' video, and at least two videos whose split the hash chose: the one of those
+    with the smallest hash goes to 'val' (few videos: a fraction of them rounds to none, and ``fit`` needs a val split)."""
+    if val_fraction <= 0 or len(hashed) < 2 or any(item.split == "val" for item in items):
+        return items
+    pick = min(hashed, key=lambda i: _hash_fraction(items[i].rel))
+    items[pick] = dataclasses.replace(items[pick], split="val")
+    return items
 
 
 def _check_class_names(names: Iterable[str], where: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,7 @@ def run(s: PrepareSettings) -> dict:
         manifest = build_manifest(out, s.input, s.layout, s.recorded, found.class_names, [done[n] for n in plan],
                                   found.unusable, time.perf_counter() - t_start)
         _write_manifest(out, manifest, found.class_names)
-    result = summary(manifest, sum(len(srcs) for _, srcs in todo), len(plan) - len(todo))
+    result = summary(manifest, sum(len(srcs) for _, srcs in todo), len(plan) - len(todo), shlex.quote(str(s.output)))
     if not s.quiet:
         print_summary(result, manifest)
     return result

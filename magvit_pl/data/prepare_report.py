@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 
-def summary(manifest: dict, processed: int, reused_shards: int) -> dict:
-    """What prepare returns: counts per split, videos, frames, the skipped files and the time taken."""
+def summary(manifest: dict, processed: int, reused_shards: int, output: str) -> dict:
+    """What prepare returns: counts per split, videos, frames, the skipped files, the time taken and the next command."""
     ok = [s for s in manifest["sources"] if s["status"] == "ok"]
     return {
         "output": manifest["name"],
@@ -19,7 +19,17 @@ def summary(manifest: dict, processed: int, reused_shards: int) -> dict:
         "processed_files": processed,
         "reused_shards": reused_shards,
         "seconds": manifest["seconds"],
+        "next": next_command(output, {k: v["count"] for k, v in manifest["splits"].items()}),
     }
+
+
+def next_command(output: str, splits: dict[str, int]) -> str:
+    """The ``fit`` that trains a tokenizer on the prepared folder; without a 'val' split, validating on the one
+    there is (``test``, else ``train``) so that ``fit`` does not stop at its first validation."""
+    command = f"python cli.py fit --config configs/tokenizer.yaml --data.data_dir {output}"
+    if not splits.get("val"):
+        command += f" --data.val_split {'test' if splits.get('test') else 'train'}"
+    return command
 
 
 class Progress:
@@ -65,6 +75,11 @@ def print_summary(summary: dict, manifest: dict) -> None:
         mb = sum(s["bytes"] for s in entry["shards"]) / 2**20
         table.add_row(split, str(entry["count"]), str(len(entry["shards"])), f"{mb:.1f}")
     console.print(table)
+    if not summary["splits"].get("val"):
+        console.print(f"[yellow]no 'val' split[/yellow] ({summary['videos']} usable video(s)): fit validates on "
+                      f"'{'test' if summary['splits'].get('test') else 'train'}' instead (--data.val_split below); "
+                      "with two or more videos and --val_fraction > 0, one goes to 'val'")
+    print(f"next: {summary['next']}", flush=True)  # plain: one line to copy, never wrapped
     if summary["reused_shards"]:
         console.print(f"{summary['reused_shards']} shard(s) were already finished and kept")
     if summary["skipped"]:

@@ -26,7 +26,7 @@ from magvit_pl.run.run_dir import media_dir
 from magvit_pl.lit.mtm_batch import Sample, clip_tokens, commit_step, sample, tokenize
 from magvit_pl.run.report import write_results
 from magvit_pl.lit.mtm_options import FLAT_LAYOUT, OptimConfig, TaskConfig, constructor_args, is_flat_layout, with_defaults
-from magvit_pl.run.media import save_video_grid
+from magvit_pl.run.media import save_media
 from magvit_pl.models.attention import resolve_backend
 from magvit_pl.models.checkpointing import apply_activation_checkpointing, drop_legacy_flag
 from magvit_pl.models.config import build_from_config
@@ -187,7 +187,7 @@ class MTMModule(LightningModule):
         opt = torch.optim.AdamW(self.transformer.param_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas))
         total = total_training_steps(self.trainer)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}  # `lr`: LearningRateMonitor
 
     # -------------------------------------------------------------------------------------- training
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -240,7 +240,7 @@ class MTMModule(LightningModule):
         """``media/STEM.mp4`` (and .gif): condition | generated | real, for up to ``num_media_clips`` clips."""
         n = self.hparams.num_media_clips
         clips = [out.inputs.condition.video[:n], out.generated[:n], real[:n]]
-        save_video_grid(media_dir(self.trainer) / stem, clips, fps=self.hparams.media_fps)
+        save_media(self.trainer, stem, clips, fps=self.hparams.media_fps)
 
     # ------------------------------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:

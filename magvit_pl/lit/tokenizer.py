@@ -35,8 +35,7 @@ from magvit_pl.models.quantizers import histogram_stats
 from magvit_pl.models.tokenizer import VQTokenizer
 from magvit_pl.run.checks import check_args
 from magvit_pl.run.errors import UserError
-from magvit_pl.run.media import save_video_grid
-from magvit_pl.run.run_dir import media_dir
+from magvit_pl.run.media import save_media
 from magvit_pl.tasks import build_fvd
 
 log = logging.getLogger(__name__)
@@ -193,7 +192,8 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             opts.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr, betas=tuple(hp.betas)))
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_multiplier(hp.lr_schedule, s, hp.warmup_steps, total, hp.min_lr_ratio))
                   for o in opts]
-        return opts, scheds
+        # named, stepped per step: the CLI's LearningRateMonitor logs them as `lr` and `disc_lr` to every logger
+        return opts, [{"scheduler": s, "interval": "step", "name": n} for s, n in zip(scheds, ("lr", "disc_lr"))]
 
     # -------------------------------------------------------------------------------------- training
     def _disc_active(self) -> bool:
@@ -229,7 +229,6 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             logs.update(self._discriminator_step(video, recon, opts[1], scheds[1]))
         self.log("train/loss", logs.pop("train/loss"), prog_bar=True)
         self.log_dict(logs)
-        self.log("lr", scheds[0].get_last_lr()[0])
 
     def _generator_step(self, video: torch.Tensor, opt, sched, disc_on: bool) -> tuple[torch.Tensor, dict] | None:
         """One tokenizer update (L2 + perceptual + GAN + quantizer losses), then the EMA: the reconstruction and
@@ -328,8 +327,7 @@ class TokenizerModule(ReconstructionTest, LightningModule):
             self.log("val/perplexity", perplexity)
             self._val_hist = None
         if self._media and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            stem = media_dir(self.trainer) / f"reconstruction_step{self.global_step:07d}"
-            save_video_grid(stem, self._media, fps=self.hparams.media_fps)
+            save_media(self.trainer, f"reconstruction_step{self.global_step:07d}", self._media, fps=self.hparams.media_fps)
         self._media = []
 
     # ------------------------------------------------------------------------------------ checkpoints

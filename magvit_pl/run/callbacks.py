@@ -2,8 +2,8 @@
 
 * :class:`AtomicCheckpointIO` (a Trainer plugin): saves through :func:`~magvit_pl.run.checkpoint.save_checkpoint`
   (crash-safe, see below), loads weights-only with one-line errors.
-* :class:`RunCheckpoint`: ``last.ckpt`` every N steps, after each validation and when training ends.
-* :class:`PointLatest`: ``RUNS_ROOT/KIND/latest`` → this run, once its training starts.
+* :class:`RunCheckpoint`: ``last.ckpt`` every N steps, after each validation and when training ends;
+  ``RUNS_ROOT/KIND/latest`` → this run once its first checkpoint is written.
 * :class:`LossCurves`: ``media/loss_curves.png`` after each validation.
 * exact resume (random state, validation on a forked state): :class:`magvit_pl.run.resume.ResumeState`.
 
@@ -66,11 +66,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """``last.ckpt`` (and the newest ``stepNNNNNNN.ckpt``) every ``every_n_steps`` steps, after each
     validation, and when training ends, so neither a crash nor a ``max_steps`` that is not a multiple of
-    the interval loses trained steps. (Lightning's ModelCheckpoint takes one trigger at a time.)"""
+    the interval loses trained steps. (Lightning's ModelCheckpoint takes one trigger at a time.)
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int):
+    With ``latest=(root, run_dir)``, ``root/latest`` → ``run_dir`` once the first checkpoint is on disk: a run
+    stopped before ``last.ckpt`` exists (a bad value, a missing logger package, a crash in its first steps) leaves ``latest``
+    at the previous run, which ``fit --ckpt_path last`` and ``configs/mtm.yaml`` still find."""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int, latest: tuple[Path, Path] | None = None):
         super().__init__(dirpath=dirpath, filename="step{step:07d}", auto_insert_metric_name=False, save_last=True,
                          every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
+        self._latest = latest
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if self._latest is not None and trainer.is_global_zero and Path(filepath).name == "last.ckpt" and Path(filepath).is_file():
+            point_latest(*self._latest)
+            self._latest = None
 
     def _save_now(self, trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == trainer.global_step:
@@ -87,18 +98,6 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         self._save_now(trainer)
         super().on_train_end(trainer, pl_module)
-
-
-class PointLatest(Callback):
-    """``RUNS_ROOT/KIND/latest`` → this run once its training starts: a run stopped by a mistake before
-    that (a bad value, a mismatched model and data, an unreadable ``init_from``) leaves ``latest`` alone."""
-
-    def __init__(self, root: Path, run_dir: Path):
-        self.root, self.run_dir = root, run_dir
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            point_latest(self.root, self.run_dir)
 
 
 class LossCurves(Callback):

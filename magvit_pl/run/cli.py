@@ -4,7 +4,7 @@
   ``sample``):
   a typed, documented function each, its options parsed by jsonargparse from its signature
   (:func:`run_function`); imported only when chosen, so they start fast and never build a Trainer;
-* Lightning commands (``fit``, ``validate``, ``test``, ``predict``): :class:`magvit_pl.run.lightning_cli.MagvitCLI`,
+* Lightning commands (``fit``, ``validate``, ``test``): :class:`magvit_pl.run.lightning_cli.MagvitCLI`,
   a LightningCLI with one run folder per run (:mod:`magvit_pl.run.run_dir`).
 
 Every user mistake ends as one line on stderr and a non-zero exit code, never a traceback.
@@ -32,8 +32,10 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (tokenizer or MTM) from a YAML config",
     "validate": "run the validation loop of a model",
     "test": "evaluate a checkpoint: MTM tasks (--task NAME|FAMILY) or a tokenizer's reconstructions vs the pooled baseline (--kind tokenizer): table + results.json",
-    "predict": "run the predict loop of a model",
 }
+# what `python cli.py predict` (a LightningCLI command this CLI does not offer) points at instead
+INSTEAD_OF_PREDICT = ("reconstructions of any videos: python cli.py reconstruct; generated clips: python cli.py generate "
+                      "(one input) or python cli.py sample (N per task)")
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -55,6 +57,8 @@ def main(args: Sequence[str] | None = None) -> None:
             from magvit_pl.run.lightning_cli import run_command  # lazy: Lightning is imported for these commands only
 
             run_command(args, from_argv)
+        elif command == "predict":
+            _fail(f"there is no predict command; for {INSTEAD_OF_PREDICT}")
         else:
             _fail(f"unknown command '{command}'; choose one of: {commands}")
     except UserError as err:
@@ -81,12 +85,24 @@ def run_function(name: str, target: str, args: Sequence[str], positional: bool =
     fn = _load(target)
     parser = ArgumentParser(prog=f"cli.py {name}", description=(fn.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False)
     parser.add_function_arguments(fn, as_group=False, as_positional=positional)
+    flags_take_no_value(parser)
     try:
         cfg = parser.parse_args(list(args))
     except ArgumentError as err:
         raise UserError(f"{name}: {one_line(err)}") from None
     kwargs = parser.instantiate(cfg).as_dict()
     return fn(**kwargs)
+
+
+def flags_take_no_value(parser: Any) -> None:
+    """Let every boolean option of ``parser`` (jsonargparse) stand alone: ``--grid`` means ``--grid true``;
+    ``--grid false`` / ``--grid=true`` still work. (Options of a class chosen at parse time, such as
+    ``--model.init_args.per_frame``, are not known here and still need their value.)"""
+    from typing import Optional
+
+    for action in parser._actions:
+        if getattr(action, "_typehint", None) in (bool, Optional[bool]) and action.option_strings and action.nargs is None:
+            action.nargs, action.const = "?", True
 
 
 def print_overview() -> None:

@@ -14,6 +14,7 @@ import torch
 from magvit_pl.data.transforms import tensor_to_frames
 from magvit_pl.data.video_io import write_video
 from magvit_pl.run.files import atomic_open
+from magvit_pl.run.run_dir import media_dir
 
 
 def video_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
@@ -41,6 +42,31 @@ def save_video_grid(stem: str | Path, rows: Sequence[torch.Tensor], fps: int = 8
         write_video(path, frames, fps=fps)
         paths.append(path)
     return paths
+
+
+def save_media(trainer, stem: str, rows: Sequence[torch.Tensor], fps: int = 8) -> list[Path]:
+    """The grid of ``rows`` as ``media/STEM.mp4`` / ``.gif`` in the run folder, and shown by every logger that shows
+    media (rank 0 calls it): a logger with ``log_video`` (W&B) gets the gif, a TensorBoard one (``experiment.add_image``)
+    a strip of up to 8 frames of the grid, under the tag ``media/NAME`` (``STEM`` without its ``_stepN``)."""
+    frames = video_grid(rows)
+    paths = []
+    for fmt in ("mp4", "gif"):
+        path = media_dir(trainer) / f"{stem}.{fmt}"
+        write_video(path, frames, fps=fps)
+        paths.append(path)
+    tag, step = f"media/{stem.split('_step')[0]}", int(trainer.global_step)
+    for logger in getattr(trainer, "loggers", None) or []:
+        if hasattr(logger, "log_video"):
+            logger.log_video(key=tag, videos=[str(paths[1])], step=step)
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):
+            logger.experiment.add_image(tag, frame_strip(frames), step, dataformats="HWC")
+    return paths
+
+
+def frame_strip(frames: np.ndarray, n: int = 8) -> np.ndarray:
+    """Up to ``n`` frames of a (T, H, W, 3) video, evenly spread, side by side: (H, n·W, 3)."""
+    pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
+    return np.concatenate(list(frames[pick]), axis=1)
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:

@@ -115,3 +115,33 @@ class ResumeState(Callback):
 
     def on_sanity_check_end(self, trainer, pl_module) -> None:
         self._join()
+
+
+class ResumedOptimizerSettings(Callback):
+    """``fit --ckpt_path``: the optimiser settings of the resumed model (its learning rates, betas, weight decay,
+    as configured now: the resume policy lets a typed ``--model.lr`` win) replace those restored from the
+    checkpoint's optimiser state, which would otherwise keep the old ones whatever the config says.
+
+    Lightning restores each optimiser's ``param_groups`` and each scheduler's ``base_lrs``; just before training
+    continues, a fresh ``configure_optimizers()`` of the module gives the current settings, which are copied onto
+    the restored objects (moments and step counters stay restored). A ``LambdaLR``'s rate is recomputed at once
+    for the resumed step; other schedulers apply theirs at their next step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.ckpt_path:
+            return
+        from lightning.pytorch.core.optimizer import _configure_optimizers  # lazy: Lightning's own parser of the return value
+
+        fresh_opts, fresh_scheds, _ = _configure_optimizers(pl_module.configure_optimizers())
+        for restored, fresh in zip(trainer.optimizers, fresh_opts):
+            for group, new in zip(restored.param_groups, fresh.param_groups):
+                group.update({k: v for k, v in new.items() if k not in ("params", "lr")})
+        for restored, fresh in zip(trainer.lr_scheduler_configs, fresh_scheds):  # fresh: a scheduler or its dict
+            old, new = restored.scheduler, fresh["scheduler"] if isinstance(fresh, dict) else fresh
+            if hasattr(old, "base_lrs"):
+                old.base_lrs = list(new.base_lrs)
+            if isinstance(old, torch.optim.lr_scheduler.LambdaLR):
+                lrs = [base * fn(old.last_epoch) for fn, base in zip(old.lr_lambdas, old.base_lrs)]
+                for group, lr in zip(old.optimizer.param_groups, lrs):
+                    group["lr"] = lr
+                old._last_lr = lrs

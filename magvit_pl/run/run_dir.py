@@ -3,13 +3,16 @@
 ::
 
     RUNS_ROOT/KIND/                 KIND: tokenizer | mtm (the model's class)
-        STAMP/                      one folder per run: YYYYmmdd-HHMMSS (fit), ...-test / -validate / -predict
+        STAMP/                      one folder per run: YYYYmmdd-HHMMSS (fit), ...-test / -validate; made
+                                    exclusively (a second run in the same second gets STAMP-2, ...)
             config.yaml             the resolved config (LightningCLI)
             metrics.csv             every logged value (CSVLogger)
             checkpoints/            last.ckpt (resume point) and stepNNNNNNN.ckpt
             media/                  reconstructions, samples, loss_curves.png
             results.json            test results and their protocol
-        latest -> STAMP             the last fit that started training (moved only then)
+        latest -> STAMP             the last fit that wrote a checkpoint (moved only then)
+
+RUNS_ROOT is ``--runs_root``, else ``--trainer.default_root_dir`` (Lightning's convention), else ``runs``.
 
 :func:`resolve_run_dir` decides the folder from the command line alone (pure, tested without a Trainer).
 Reading ``latest``, pointing it, finding the latest checkpoint and checking the ``config.yaml`` found next
@@ -28,6 +31,7 @@ import yaml
 from magvit_pl.models.config import allowed_class
 from magvit_pl.run.checkpoint import LIGHTNING_MODULES
 from magvit_pl.run.errors import MissingFileError, UserError
+from magvit_pl.run.files import make_dir
 
 RUN_DIR_ENV = "MAGVIT_PL_RUN_DIR"  # set by a run for its DDP children, which re-run the same command line
 KINDS = {"TokenizerModule": "tokenizer", "MTMModule": "mtm"}
@@ -40,6 +44,7 @@ class RunDir:
     path: Path
     root: Path  # RUNS_ROOT/KIND
     point_latest: bool
+    fresh: bool = False  # a new stamped folder: made exclusively (:func:`make_unique_dir`)
 
 
 def run_kind(class_path: str | None) -> str:
@@ -74,11 +79,54 @@ def resolve_run_dir(subcommand: str, kind: str, runs_root: str | os.PathLike = "
             raise UserError(f"--trainer.num_nodes {num_nodes}: pass --run_dir on a filesystem all nodes share "
                             f"(e.g. --run_dir {root}/my-run), the same on every node")
         chosen = root / f"slurm-{slurm_job_id}"
-    if not chosen:
+    fresh = not chosen
+    if fresh:
         stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
         chosen = root / (stamp if subcommand == "fit" else f"{stamp}-{subcommand}")
     path = Path(chosen)
-    return RunDir(path, root, point_latest=subcommand == "fit" and path.parent == root)
+    return RunDir(path, root, point_latest=subcommand == "fit" and path.parent == root, fresh=fresh)
+
+
+def runs_root_of(runs_root: str | None, default_root_dir: str | None) -> str:
+    """RUNS_ROOT: ``--runs_root``, else ``--trainer.default_root_dir`` (Lightning's convention: everything a run
+    writes goes under it), else ``runs``."""
+    return runs_root or default_root_dir or "runs"
+
+
+def make_unique_dir(path: Path, flag: str, tries: int = 1000) -> Path:
+    """Create ``path`` exclusively (``os.mkdir``, never an existing folder); when it exists, ``path-2``, ``path-3`` …:
+    two runs started in the same second never share a folder. One-line error naming ``flag`` if none can be made."""
+    make_dir(path.parent, flag)
+    for i in range(1, tries + 1):
+        candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"{flag}: cannot create the folder {candidate}: {err.strerror or type(err).__name__}") from None
+    raise UserError(f"{flag}: {tries} run folders named {path.name}-N exist already; remove some")
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """``RUN/checkpoints/last.ckpt``, the checkpoint ``fit --ckpt_path last`` continues from; a one-line error when
+    the run has none (training would otherwise silently start again from step 0)."""
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise MissingFileError(f"--ckpt_path last: nothing to resume, no checkpoint at {path}; "
+                               "start the run again without --ckpt_path, or pass --ckpt_path FILE")
+    return path
+
+
+# files a run writes before its first step: a folder holding only these (and empty folders) holds no results
+SETUP_FILES = ("config.yaml", "hparams.yaml")
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run folder holds anything but its setup files (checkpoints, metrics, media, results)."""
+    return any(p.is_file() or p.is_symlink() for p in Path(run_dir).rglob("*")
+               if not (p.parent == Path(run_dir) and p.name in SETUP_FILES))
 
 
 def read_latest(root: Path) -> Path | None:
@@ -131,11 +179,15 @@ def media_dir(trainer: Any) -> Path:
 
 # --------------------------------------------------------------------- config.yaml found next to a checkpoint
 # What a run's config.yaml may name when `test`/`validate` pick it up by themselves (no --config): the classes
-# this package's runs record, and Lightning's three distributed strategies the shipped hardware configs use.
+# this package's runs record, Lightning's three distributed strategies the shipped hardware configs use, and
+# the loggers that write local files.
 RUN_CONFIG_CLASSES = (
     *LIGHTNING_MODULES.values(), "magvit_pl.data.VideoDataModule", "magvit_pl.data.datamodule.VideoDataModule",
     "magvit_pl.losses.PerceptualLoss", "lightning.pytorch.strategies.DDPStrategy",
     "lightning.pytorch.strategies.DeepSpeedStrategy", "lightning.pytorch.strategies.FSDPStrategy",
+    # loggers that write only local files (README "Experiment tracking"); those that send data elsewhere (W&B,
+    # MLflow, ...) are not built from a config found next to a checkpoint: pass it with --config
+    "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger",
 )
 # FSDP arguments that jsonargparse resolves to imported classes or callables: only these block classes
 FSDP_POLICY_ARGS = ("auto_wrap_policy", "activation_checkpointing_policy", "activation_checkpointing")

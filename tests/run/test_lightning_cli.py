@@ -66,7 +66,7 @@ def test_the_pre_parser_reads_only_its_options():
     options = lightning_cli._preparse(["--trainer.max_steps", "-1", "-c", "a.yaml", "--config=b.yaml", "--ckpt_path", "x.ckpt",
                                        "--model.init_args.lr", "1", "--kind", "tokenizer", "--seed_everything", "3"])
     assert options.config == ["a.yaml", "b.yaml"] and options.ckpt_path == "x.ckpt" and options.kind == "tokenizer"
-    assert options.runs_root == "runs" and options.model is None and options.asks is None
+    assert options.runs_root is None and options.model is None and options.asks is None
     assert lightning_cli._preparse(["--print_config=skip_null"]).asks == "skip_null"
 
 

@@ -1,4 +1,5 @@
 """magvit_pl.run.run_dir.resolve_run_dir: the run folder policy, rule by rule, without a Trainer or a file."""
+import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,12 @@ def resolve(subcommand="fit", **kwargs) -> RunDir:
 
 
 def test_a_new_fit_gets_a_stamped_folder_and_moves_latest():
-    assert resolve() == RunDir(Path("runs/mtm") / STAMP, Path("runs/mtm"), point_latest=True)
+    assert resolve() == RunDir(Path("runs/mtm") / STAMP, Path("runs/mtm"), point_latest=True, fresh=True)
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
 def test_an_evaluation_gets_its_own_suffixed_folder_and_leaves_latest(subcommand):
-    assert resolve(subcommand) == RunDir(Path(f"runs/mtm/{STAMP}-{subcommand}"), Path("runs/mtm"), point_latest=False)
+    assert resolve(subcommand) == RunDir(Path(f"runs/mtm/{STAMP}-{subcommand}"), Path("runs/mtm"), point_latest=False, fresh=True)
 
 
 def test_run_dir_wins_and_latest_follows_only_a_folder_directly_in_the_kind_folder():
@@ -54,3 +55,21 @@ def test_the_kind_comes_from_the_model_class():
     assert run_kind("magvit_pl.lit.tokenizer.TokenizerModule") == "tokenizer"
     assert run_kind("magvit_pl.lit.mtm.MTMModule") == "mtm"
     assert run_kind("my_pkg.MyModule") == "mymodule" and run_kind(None) == "run"
+
+
+def test_new_run_folders_are_made_exclusively(tmp_path):
+    from magvit_pl.run.run_dir import make_unique_dir
+
+    (tmp_path / STAMP).mkdir()
+    (tmp_path / STAMP / "config.yaml").write_text("theirs")
+    first = make_unique_dir(tmp_path / STAMP, "--runs_root x")
+    second = make_unique_dir(tmp_path / STAMP, "--runs_root x")
+    assert (first.name, second.name) == (f"{STAMP}-2", f"{STAMP}-3")
+    assert os.listdir(tmp_path / STAMP) == ["config.yaml"] and os.listdir(first) == []
+
+
+def test_the_runs_root_follows_default_root_dir_unless_runs_root_is_given():
+    from magvit_pl.run.run_dir import runs_root_of
+
+    assert runs_root_of(None, None) == "runs" and runs_root_of(None, "/data/exp") == "/data/exp"
+    assert runs_root_of("mine", None) == "mine" and runs_root_of("mine", "/data/exp") == "mine"
