@@ -110,7 +110,7 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
     hp = ckpt["hyper_parameters"]
     flat = {k: v for k, v in hp.items() if k not in ("transformer", "commit", "sampling", "optim", "tasks", "evaluation")}
     for group in ("transformer", "commit", "optim"):
-        flat.update({k: v for k, v in hp[group].items() if k not in ("layer_norm_eps", "lr_schedule")})
+        flat.update({k: v for k, v in hp[group].items() if k not in ("layer_norm_eps", "lr_schedule", "position_embedding")})
     s = hp["sampling"]
     flat.update(sample_steps=s["steps"], choice_temperature=s["choice_temperature"], sample_temperature=s["temperature"],
                 top_k=s["top_k"], guidance_scale=s["guidance_scale"], tasks=hp["tasks"]["names"],
@@ -136,7 +136,7 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
         new_model.on_load_checkpoint(load_checkpoint(old))
     upgrade_checkpoint(str(old), str(tmp_path / "upgraded.ckpt"))
     upgraded = load_checkpoint(tmp_path / "upgraded.ckpt")
-    new_only = {"transformer": ("layer_norm_eps",), "optim": ("lr_schedule",),  # fields the flat layout did not have
+    new_only = {"transformer": ("layer_norm_eps", "position_embedding"), "optim": ("lr_schedule",),  # fields the flat layout did not have
                 "tasks": ("latent_rule", "task_token", "shared_task_tokens", "weights", "schedule")}
     assert upgraded["hyper_parameters"] == {k: {f: x for f, x in v.items() if f not in new_only[k]} if k in new_only else
                                             ({} if k == "evaluation" else v) for k, v in hp.items()}

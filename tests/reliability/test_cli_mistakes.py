@@ -118,7 +118,7 @@ def test_path_mistakes_are_one_line(tmp_path, checkpoints, cli_error, tiny_token
         (["generate", "--task", "class_generation", "--class_id", "1", "--output", a_dir, "--ckpt_path", ckpt],
          f"--output {a_dir}: is a folder"),
         (["fit", "--config", TOKENIZER_YAML, "--runs_root", a_file, *tiny_tokenizer_args, *data_args],
-         f"--runs_root {a_file}: cannot create the folder {a_file}/tokenizer/"),
+         f"--runs_root {a_file}: cannot create the folder {a_file}/tokenizer: {a_file} is a file, not a folder"),
         (["fit", "--config", binary], f"--config {binary}: not a text file"),
     ]
     for args, says in cases:
