@@ -2,6 +2,7 @@
 
 Paths (each in its own subprocess with its own time budget, so a failure or a hang loses only itself):
 
+- ``matmul_bf16``: the reference, an 8192^3 bf16 matmul: what this device reaches on plain matrix work.
 - ``tokenizer_B_bf16`` / ``tokenizer_B_bf16_ckpt``: ``TokenizerModule`` (3D-VQ B + 3D StyleGAN discriminator
   base 64, GAN and R1 every step, no perceptual loss) fitted through Lightning's Trainer in ``bf16-mixed`` on
   16x128x128 clips, activation checkpointing off / on.
@@ -30,7 +31,8 @@ no longer fits is cut to what is left, and skipped when nothing is.
 parse and their classes import, names missing optional packages (``missing: deepspeed``), and counts each
 step's FLOPs on tiny shapes on the CPU; status ``planned`` or ``missing: <what>``.
 
-Prints a rich table on stderr and ONE JSON line on stdout, also written to ``--output``::
+Prints a rich table on stderr and ONE JSON line on stdout, also written to ``--output``; on a GPU every worker's
+stderr (warnings, the traceback of a failed path) goes to the same name with ``.log``::
 
     python benchmarks/gpu_check.py                        # on a GPU machine, pip install -e '.[gpu]'
     python benchmarks/gpu_check.py --dry-run --paths attention_sdpa,mtm_B_fsdp
@@ -93,6 +95,7 @@ class CheckPath:
 
 
 PATHS: tuple[CheckPath, ...] = (
+    CheckPath("matmul_bf16", "reference: an 8192^3 bf16 matmul (the device's reachable rate)", (), 20),
     CheckPath("tokenizer_B_bf16", "TokenizerModule B fit, bf16-mixed, G+D+R1", (), 55),
     CheckPath("tokenizer_B_bf16_ckpt", "the same with activation checkpointing", (), 45),
     CheckPath("mtm_B_bf16", "MTMModule B fit, bf16-mixed", (), 45),
@@ -104,7 +107,7 @@ PATHS: tuple[CheckPath, ...] = (
     CheckPath("attention_math", "attention fwd+bwd, plain math, bf16", (), 20),
     CheckPath("fvd_i3d", "FVD (I3D features + Frechet distance)", (), 35),
     CheckPath("tokenizer_compile_off", "tokenizer B G step, eager, bf16", (), 30),
-    CheckPath("tokenizer_compile_on", "tokenizer B G step, torch.compile, bf16", ("triton",), 100),
+    CheckPath("tokenizer_compile_on", "tokenizer B G step, torch.compile, bf16", ("triton",), 150),
 )
 BY_NAME = {p.name: p for p in PATHS}
 
@@ -316,6 +319,23 @@ def attention_path(backend: str, device: torch.device, dry: bool) -> dict:
     return row
 
 
+def matmul_path(device: torch.device, dry: bool) -> dict:
+    """The reference every other path's TFLOP/s is read against: an n^3 bf16 matmul (n = 8192; 256 dry)."""
+    n = 256 if dry else 8192
+    dt = torch.float32 if dry else torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device, dt) for _ in range(2))
+    row: dict = {"shape": f"{n}x{n}x{n}", "dtype": str(dt).removeprefix("torch."), "flops_per_step": 2.0 * n**3}
+    if dry:
+        a @ b
+        return row
+    for _ in range(3):
+        a @ b
+    s = timed(lambda: a @ b, 10, device)
+    row.update(step_s=s, throughput=1 / s, unit="calls/s")
+    return row
+
+
 def fvd_path(device: torch.device, dry: bool) -> dict:
     from magvit_pl.metrics.fvd import FrechetVideoDistance
 
@@ -408,6 +428,8 @@ def run_path(name: str, device: torch.device, dry: bool) -> dict:
         return attention_path(name.removeprefix("attention_"), device, dry)
     if name == "fvd_i3d":
         return fvd_path(device, dry)
+    if name == "matmul_bf16":
+        return matmul_path(device, dry)
     return compile_path(name.endswith("_on"), device, dry)
 
 
@@ -446,18 +468,24 @@ def worker(name: str) -> None:
     try:
         row = {"status": "pass", **run_path(name, device, dry=False)}
     except Exception as err:  # noqa: BLE001 (every failure is reported, none stops the check)
+        import traceback
+
+        traceback.print_exc()  # into the log beside the JSON (run_in_subprocess keeps each worker's stderr)
         row = {"status": "fail", "error": one_line(err)}
     row["peak_memory_GB"] = peak_memory_gb(device)
     row["wall_s"] = time.perf_counter() - t0
     print(json.dumps(row, default=str), flush=True)
 
 
-def run_in_subprocess(path: CheckPath, budget_s: float) -> dict:
+def run_in_subprocess(path: CheckPath, budget_s: float, log: Path | None = None) -> dict:
+    """Run one path in a fresh process; its stderr (warnings, tracebacks) is appended to ``log``."""
     cmd = [sys.executable, __file__, "--worker", path.name]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=budget_s)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
+        _append_log(log, path.name, err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or ""))
         return {"status": "fail", "error": f"timed out after {budget_s:.0f} s (budget)"}
+    _append_log(log, path.name, proc.stderr)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         err = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
@@ -465,7 +493,13 @@ def run_in_subprocess(path: CheckPath, budget_s: float) -> dict:
     return json.loads(lines[-1])
 
 
-def check(names: list[str], dry: bool, max_minutes: float) -> dict:
+def _append_log(log: Path | None, name: str, text: str) -> None:
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(f"===== {name}\n{text}\n")
+
+
+def check(names: list[str], dry: bool, max_minutes: float, log: Path | None = None) -> dict:
     device_name = torch.cuda.get_device_name(0) if not dry else "dry run (CPU)"
     peak = peak_bf16_tflops(device_name) if not dry else None
     deadline = time.monotonic() + max_minutes * 60
@@ -488,7 +522,7 @@ def check(names: list[str], dry: bool, max_minutes: float) -> dict:
         elif left < 5:
             row["status"] = f"skipped: out of time ({max_minutes:g} min)"
         else:
-            row.update(run_in_subprocess(path, min(path.budget_s, left)))
+            row.update(run_in_subprocess(path, min(path.budget_s, left), log))
         rows.append(finish_row(row, peak))
     return {"benchmark": "gpu_check", "dry_run": dry, "device": device_name, "peak_bf16_tflops": peak,
             "torch": torch.__version__, "paths": rows}
@@ -540,7 +574,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         p.error(str(err))
     if args.dry_run:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    result = check(names, args.dry_run, args.max_minutes)
+    log = out.with_suffix(".log")  # every worker's stderr, tracebacks included (GPU runs only)
+    if not args.dry_run:
+        log.write_text("")
+    result = check(names, args.dry_run, args.max_minutes, None if args.dry_run else log)
     table(result)
     write_json(out, result)
     print(json.dumps(result, default=str), flush=True)
