@@ -281,12 +281,16 @@ def trainer_path(kind: str, strategy: str | None, ckpt: bool, device: torch.devi
 
 # ---------------------------------------------------------------------------------- plain paths
 def attention_path(backend: str, device: torch.device, dry: bool) -> dict:
-    from magvit_pl.models.attention import attention, resolve_backend
+    from magvit_pl.models.attention import attention, resolve_backend, xformers_unavailable
 
     size = TINY if dry else REAL
     B, nh, L, hs = size.attn
     if resolve_backend(backend, device) != backend and not dry:
         raise RuntimeError(f"backend {backend} falls back to {resolve_backend(backend, device)} here")
+    if backend == "xformers" and not dry:
+        for dt in (torch.float32, torch.bfloat16):  # attention() would quietly use sdpa: report it as a failure
+            if (why := xformers_unavailable(device, dt)) is not None:
+                raise RuntimeError(why)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, nh, L, hs, generator=g).to(device) for _ in range(3))
     ref = attention(q, k, v, "math")  # fp32 reference

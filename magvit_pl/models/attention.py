@@ -5,7 +5,9 @@ All backends take and return ``(B, nh, L, hs)`` tensors and agree to float round
 - ``sdpa``: :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
   kernels where torch has them, including on CPU).
 - ``xformers``: ``xformers.ops.memory_efficient_attention``; used only when xformers imports and the
-  tensors are on CUDA. Anything else falls back to ``sdpa`` and logs the reason once.
+  tensors are on CUDA. Anything else falls back to ``sdpa`` and logs the reason once; so does a call for
+  which the installed xformers has no kernel (a wheel built for another torch/CUDA loads without its
+  CUDA extensions, seen with xformers 0.0.35 on torch 2.11+cu130): :func:`xformers_unavailable` probes.
 - ``math``: the readable reference, ``softmax(Q Kᵀ / √hs) V``.
 
 Masks follow SDPA's convention: a boolean mask is True where a query may attend, a float mask is
@@ -45,6 +47,28 @@ def _xformers_ops():
     except Exception:  # ImportError, or a broken build raising at import time
         return None
     return xops
+
+
+def xformers_unavailable(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """Why xformers cannot run attention on ``device`` for ``dtype`` inputs, or None when a probe call works.
+
+    An installed xformers can still lack kernels: a wheel built for another torch or CUDA loads without its
+    C++/CUDA extensions, and its remaining kernels take only some dtypes."""
+    if torch.device(device).type != "cuda":
+        return f"tensors are on {torch.device(device).type}, xformers needs CUDA"
+    xops = _xformers_ops()
+    if xops is None:
+        return "xformers is not installed"
+    probe = torch.zeros(1, 8, 1, 32, device=device, dtype=dtype)
+    try:
+        xops.memory_efficient_attention(probe, probe, probe)
+    except NotImplementedError as err:
+        return f"xformers has no kernel for {str(dtype).removeprefix('torch.')} inputs here ({_first_line(err)})"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -104,7 +128,10 @@ def attention(
         _warn_once("an explicit attention mask is not supported on the xformers path")
         backend = "sdpa"
     if backend == "xformers":
-        return _xformers_attention(q, k, v, dropout_p, causal)
+        try:
+            return _xformers_attention(q, k, v, dropout_p, causal)
+        except NotImplementedError as err:  # installed, but no kernel for these inputs (e.g. a build for another torch)
+            _warn_once(f"xformers has no kernel for {str(q.dtype).removeprefix('torch.')} inputs here: {_first_line(err)}")
     if backend == "math":
         return math_attention(q, k, v, dropout_p=dropout_p, mask=mask, causal=causal)
     lq, lk = q.shape[-2], k.shape[-2]

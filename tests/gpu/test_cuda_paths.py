@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magvit_pl.models.attention import BACKENDS, _xformers_ops, attention
+from magvit_pl.models.attention import BACKENDS, attention, xformers_unavailable
 from magvit_pl.models.quantizers import LookupFreeQuantizer
 from magvit_pl.models.quantizers.vq import VectorQuantizer
 
@@ -56,7 +56,7 @@ def test_quantizer_bf16_autocast_gives_finite_outputs_and_fp32_codes(kind):
 def test_attention_backends_agree_on_cuda(dtype, tol):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 77, 64, generator=g).cuda() for _ in range(3))
-    backends = [b for b in BACKENDS if b != "xformers" or _xformers_ops() is not None]
+    backends = [b for b in BACKENDS if b != "xformers" or xformers_unavailable("cuda", dtype) is None]
     for causal in (False, True):
         ref = attention(q, k, v, "math", causal=causal)
         for backend in backends:

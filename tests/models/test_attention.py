@@ -95,8 +95,9 @@ def test_kv_cache_update_and_overflow():
 
 @pytest.mark.cuda
 def test_xformers_matches_sdpa_on_cuda():
-    if attn_mod._xformers_ops() is None:
-        pytest.skip("needs xformers")
+    why = attn_mod.xformers_unavailable("cuda", torch.float32)
+    if why is not None:
+        pytest.skip(why)
     q, k, v = (t.cuda() for t in _qkv(lq=16, lk=16, hs=32))
     assert resolve_backend("xformers", q.device) == "xformers"
     for causal in (False, True):
@@ -105,3 +106,34 @@ def test_xformers_matches_sdpa_on_cuda():
         assert (a - b).abs().max() <= 1e-4
     tail = attention(q[:, :, 10:], k, v, "xformers", causal=True)
     assert (tail - attention(q, k, v, "math", causal=True)[:, :, 10:]).abs().max() <= 1e-4
+
+
+class _XformersWithoutKernels:
+    """What a wheel built for another torch/CUDA looks like: it imports, but has no kernel for the inputs."""
+
+    LowerTriangularMask = object
+
+    @staticmethod
+    def memory_efficient_attention(*args, **kwargs):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs:\n     query : ...")
+
+
+def test_xformers_without_a_kernel_for_the_inputs_falls_back_to_sdpa_with_one_notice(monkeypatch, caplog):
+    monkeypatch.setattr(attn_mod, "_xformers_ops", lambda: _XformersWithoutKernels)
+    monkeypatch.setattr(attn_mod, "resolve_backend", lambda name, device: name)  # as if on CUDA
+    monkeypatch.setattr(attn_mod, "_warned", set())
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="magvit_pl.models.attention"):
+        out = attention(q, k, v, "xformers", causal=True)
+        attention(q, k, v, "xformers", causal=True)
+    assert torch.equal(out, attention(q, k, v, "sdpa", causal=True))
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1
+    assert "no kernel for float32 inputs here: No operator found for `memory_efficient_attention_forward`" in notices[0]
+    assert "using 'sdpa'" in notices[0]
+
+
+def test_xformers_unavailable_names_the_reason(monkeypatch):
+    assert attn_mod.xformers_unavailable("cpu") == "tensors are on cpu, xformers needs CUDA"
+    monkeypatch.setattr(attn_mod, "_xformers_ops", lambda: None)
+    assert attn_mod.xformers_unavailable("cuda") == "xformers is not installed"
