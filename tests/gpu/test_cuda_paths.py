@@ -64,32 +64,41 @@ def test_attention_backends_agree_on_cuda(dtype, tol):
             assert (out - ref).abs().max() <= tol, (backend, causal)
 
 
-@pytest.mark.cuda
-def test_checkpoint_written_on_gpu_loads_on_cpu_through_the_checked_loader(tmp_path):
+def _written_during_fit_then_loaded(tmp_path, accelerator: str) -> None:
+    """Fit 2 steps on ``accelerator``; ModelCheckpoint saves while the weights are still on that device (after
+    fit Lightning moves the module back to the CPU); the checked loader reads the file onto the CPU."""
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from magvit_pl.run.checkpoint import load_tokenizer
     from magvit_pl.lit.tokenizer import TokenizerModule
     from magvit_pl.models.tokenizer import VQTokenizer
+    from magvit_pl.run.checkpoint import TOKENIZER_PREFIX, load_tokenizer
 
     torch.manual_seed(0)
     tok = VQTokenizer(base_channels=8, channel_multipliers=(1, 2), embedding_dim=8, quantizer=VectorQuantizer(16, 8))
     module = TokenizerModule(tok, None, warmup_steps=1, val_fvd=False)
     g = torch.Generator().manual_seed(0)
     clips = [{"video": torch.rand(3, 4, 16, 16, generator=g) * 2 - 1} for _ in range(4)]
-    trainer = Trainer(accelerator="gpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="written", every_n_train_steps=2, save_top_k=-1)
+    trainer = Trainer(accelerator=accelerator, devices=1, max_steps=2, logger=False, callbacks=[saver],
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
     trainer.fit(module, DataLoader(clips, batch_size=2))
-    path = tmp_path / "gpu.ckpt"
-    trainer.save_checkpoint(path)
-    assert next(module.ema_tokenizer.parameters()).is_cuda
+    path = tmp_path / "written.ckpt"
+    raw = torch.load(path, weights_only=True)  # no map_location: each tensor comes back where it was saved
+    ema = {k.removeprefix(TOKENIZER_PREFIX): v for k, v in raw["state_dict"].items() if k.startswith(TOKENIZER_PREFIX)}
+    assert ema and all(v.device.type == accelerator for v in ema.values())
     loaded = load_tokenizer(path)  # weights_only, checked config, onto the CPU
     assert all(p.device.type == "cpu" for p in loaded.parameters())
-    for name, p in module.ema_tokenizer.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], p.cpu(), rtol=0, atol=0, msg=name)
+    for name, p in loaded.state_dict().items():
+        torch.testing.assert_close(p, ema[name].cpu(), rtol=0, atol=0, msg=name)
     video = torch.stack([c["video"] for c in clips])
     assert torch.equal(loaded.encode(video), module.ema_tokenizer.cpu().encode(video))
+
+
+@pytest.mark.cuda
+def test_checkpoint_written_on_gpu_loads_on_cpu_through_the_checked_loader(tmp_path):
+    _written_during_fit_then_loaded(tmp_path, "cuda")
 
 
 DRY_PATHS = ["mtm_B_deepspeed_zero2", "mtm_B_fsdp", "attention_sdpa", "attention_xformers", "attention_math",
