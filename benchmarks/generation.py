@@ -88,9 +88,7 @@ def short_names(paths: list[str], names: list[str] | None) -> list[str]:
 
 
 def load_clips(args: argparse.Namespace) -> torch.Tensor:
-    here = Path(__file__).resolve().parent
-    sys.path.insert(0, str(here))
-    from reconstruction import shard_clips, video_clips  # the same clip readers as the reconstruction benchmark
+    from magvit_pl.run.eval_clips import shard_clips, video_clips  # the clip readers of the reconstruction benchmark
 
     if args.videos is not None:
         clips, _ = video_clips(args.videos, args.num_frames, args.resolution, args.clips_per_video)

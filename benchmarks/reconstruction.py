@@ -23,46 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from magvit_pl.run.checkpoint import load_checkpoint, load_tokenizer
 from magvit_pl.run.errors import UserError
 from magvit_pl.metrics.reconstruction import COLUMNS, ReconstructionMetrics, pooled_baseline
+from magvit_pl.run.eval_clips import shard_clips, video_clips
 from magvit_pl.run.report import print_table
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
-
-
-def video_clips(folder: Path, num_frames: int, resolution: int, per_video: int) -> tuple[torch.Tensor, list[str]]:
-    """(N, 3, T, R, R) in [-1, 1]: ``per_video`` evenly spaced clips of every video in ``folder``."""
-    from magvit_pl.data.transforms import center_crop, frames_to_tensor
-    from magvit_pl.data.video_io import read_video
-
-    clips, names = [], []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
-        frames = read_video(path, short_side=resolution, max_frames=600)
-        if len(frames) < num_frames:
-            print(f"skipping {path.name}: {len(frames)} frames < {num_frames}", file=sys.stderr)
-            continue
-        frames = center_crop(frames, resolution)
-        for start in np.linspace(0, len(frames) - num_frames, per_video).round().astype(int):
-            clips.append(frames_to_tensor(frames[start : start + num_frames]))
-            names.append(f"{path.name}@{start}")
-    if not clips:
-        raise UserError(f"--videos {folder}: no video with at least {num_frames} frames")
-    return torch.stack(clips), names
-
-
-def shard_clips(folder: Path, split: str, num_frames: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Every clip of ``split`` of a shard folder, as the validation loader gives it."""
-    from magvit_pl.data.datamodule import VideoDataModule
-
-    dm = VideoDataModule(data_dir=str(folder), num_frames=num_frames, resolution=resolution, eval_batch_size=16,
-                         num_workers=0, val_split=split)
-    dm.setup("validate")
-    videos = torch.cat([b["video"] for b in dm.val_dataloader()])
-    return videos, [f"{split}[{i}]" for i in range(len(videos))]
 
 
 def evaluate(reconstruct, clips: torch.Tensor, batch: int, lpips: bool, fvd: bool) -> tuple[dict, torch.Tensor]:
