@@ -54,7 +54,8 @@ TOK2D_S8 = "experiments/configs/tokenizer_2d_s8.yaml"
 
 #: metric -> True when higher is better (plots and the difference say which way is better)
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "rfvd": False, "fvd": False,
-                    "psnr_given": True, "ssim_given": True, "cond_token_agreement": True, "seconds": False}
+                    "psnr_given": True, "ssim_given": True, "cond_token_agreement": True, "seconds": False,
+                    "given_psnr": True, "gen_psnr": True, "cond_agree": True, "token_acc": True}
 
 
 # ------------------------------------------------------------------------------------------ definitions
@@ -81,8 +82,10 @@ class Stage:
 @dataclasses.dataclass(frozen=True)
 class Eval:
     """One scoring command per arm and seed. ``kind``: ``reconstruction`` (``benchmarks/reconstruction.py``
-    on ``--videos`` = the real clips or ``--shards`` = the training data's held-out split, plus ``args``)
-    or ``task`` (``cli.py test --task`` ``task`` on the last stage's checkpoint, plus ``args``).
+    on ``--videos`` = the real clips or ``--shards`` = the training data's held-out split, plus ``args``),
+    ``task`` (``cli.py test --task`` ``task`` on the last stage's checkpoint, plus ``args``) or ``generation``
+    (``benchmarks/generation.py --task`` ``task`` on the training data's val split: PSNR of the generated
+    pixels against the real clip, next to the padded condition as the no-learning baseline).
     ``metrics``: what the figure shows (the JSON keeps every number the command reports)."""
 
     name: str
@@ -131,6 +134,13 @@ def mtm_arm(name: str, label: str, stage: str = "", args: tuple[str, ...] = ()) 
     return Arm(name, label, (DEMO_TOKENIZER, dataclasses.replace(MTM_COMMIT, name=stage, args=args) if stage else MTM_COMMIT))
 
 
+def generation_eval(task: str) -> Eval:
+    """``benchmarks/generation.py``: PSNR of the sampled video on the generated and the given pixels, condition
+    tokens kept; 32 val clips, sampling seeds 0 and 1 (their mean is one value per training seed)."""
+    return Eval(f"{task}_samples", "generation", "shards", ("--seeds", "0", "1", "--max_clips", "32", "--threads", "1"),
+                task=task, metrics=("gen_psnr", "given_psnr"))
+
+
 def task_eval(task: str, *more: str) -> Eval:
     """``cli.py test --task TASK``: PSNR on the given region and the share of condition tokens kept (+ ``more``)."""
     return Eval(task, "task", task=task, metrics=("psnr_given", "cond_token_agreement", *more))
@@ -160,14 +170,15 @@ COMPARISONS = {c.name: c for c in (
         "condition video inside the masked region) beats plain masked-token conditioning",
         arms=(mtm_arm("commit", "COMMIT (mode commit)"),
               mtm_arm("naive", "naive MTM (mode naive)", "mtm_naive", ("--model.commit.mode", "naive"))),
-        evals=(task_eval("frame_prediction"), task_eval("outpainting_central")), steps=MTM_STEPS),
+        evals=(task_eval("frame_prediction"), task_eval("outpainting_central"),
+               generation_eval("frame_prediction"), generation_eval("outpainting_central")), steps=MTM_STEPS),
     Comparison(
         "multi_vs_single_task", "Multi-task vs single-task MTM at equal steps, scored on the single task",
         "MAGVIT section 4 (multi-task results): one model trained on many tasks matches or beats models "
         "trained on one task, on that task",
         arms=(mtm_arm("multi", "all tasks"),
               mtm_arm("single", "frame prediction only", "mtm_fp_only", ("--model.tasks.names", "[frame_prediction]"))),
-        evals=(task_eval("frame_prediction"),), steps=MTM_STEPS),
+        evals=(task_eval("frame_prediction"), generation_eval("frame_prediction")), steps=MTM_STEPS),
     Comparison(
         "decoding_steps", "COMMIT decoding steps: quality and wall time",
         "MAGVIT: 12 COMMIT decoding steps instead of one model call per token (1024 autoregressive steps)",
@@ -264,6 +275,10 @@ class Runner:
             extra = ("--trainer.limit_test_batches", "1") if self.smoke else ()
             return [sys.executable, "cli.py", "test", "--ckpt_path", ckpt, "--task", ev.task,
                     "--run_dir", rel(run_dir / f"test-{ev.name}{tag(arm)}"), *ev.args, *arm.eval_args, *extra]
+        if ev.kind == "generation":
+            args = ["--seeds", "0", "--max_clips", "2", "--batch", "2", "--threads", "1"] if self.smoke else list(ev.args)
+            return [sys.executable, "benchmarks/generation.py", "--ckpt", ckpt, "--name", arm.name, "--task", ev.task,
+                    "--shards", self.data or str(DEMO_SHARDS), *args]
         args = [*ev.args, *arm.eval_args]
         if self.smoke:  # one clip a video, no LPIPS/I3D: seconds
             args = [a for i, a in enumerate(args) if a not in ("--no_lpips", "--no_fvd", "--clips_per_video")
@@ -397,6 +412,13 @@ def flatten(ev: Eval, out: dict, seconds: float) -> dict:
     if ev.kind == "task":
         values = {k: v for k, v in out["results"][ev.task].items() if isinstance(v, (int, float)) and not k.endswith("_std")}
         return {"values": {**values, "seconds": seconds}, "info": {"protocol": out.get("protocol", {})}}
+    if ev.kind == "generation":
+        rows = out["results"]
+        sample = next(r for k, r in rows.items() if k.startswith(f"{ev.task} · sample of "))
+        padded = rows.get(f"{ev.task} · padded condition", {})
+        values = {k: sample[k] for k in ("given_psnr", "gen_psnr", "cond_agree", "token_acc") if sample.get(k) is not None}
+        return {"values": values, "baseline": {"gen_psnr": padded["gen_psnr"]} if padded.get("gen_psnr") is not None else {},
+                "info": {k: out[k] for k in ("clips", "seeds", "source", "num_frames", "resolution")}}
     rows = out["results"]
     base_key = next(k for k in rows if k.startswith("baseline"))
     ckpt_key = next(k for k in rows if k != base_key)

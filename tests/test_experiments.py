@@ -104,9 +104,14 @@ def test_mtm_comparisons_plan_their_arms_and_score_through_cli_test(harness, tmp
     single = report["arms"]["single"]["commands"]["seed0"]
     assert "--model.tasks.names [frame_prediction]" in single[1] and "--model.init_args.tokenizer_ckpt" in single[1]
     assert single[2].startswith("python cli.py test") and "--task frame_prediction" in single[2]
+    assert single[3].startswith("python benchmarks/generation.py") and "--task frame_prediction" in single[3]
     for arm in report["arms"].values():
         values = arm["metrics"]["frame_prediction"]
         assert 0 <= values["cond_token_agreement"]["mean"] <= 1 and values["psnr_given"]["mean"] > 0
+        samples = arm["metrics"]["frame_prediction_samples"]
+        assert 0 <= samples["cond_agree"]["mean"] <= 1 and 0 <= samples["token_acc"]["mean"] <= 1
+        assert samples["gen_psnr"]["mean"] > 0 and samples["given_psnr"]["mean"] > samples["gen_psnr"]["mean"] - 30
+        assert arm["baselines"]["frame_prediction_samples"]["gen_psnr"] > 0  # the padded condition
     # the other MTM comparisons: their commands, without running them
     runner = lambda name: harness.Runner(harness.COMPARISONS[name], [0], 1500, tmp_path / "r", tmp_path / "res", None,  # noqa: E731
                                          tmp_path, False, False, log=lambda _: None)
