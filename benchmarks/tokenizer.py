@@ -242,6 +242,35 @@ def matched_paths(tok: VQTokenizer, video: torch.Tensor, adam: str, before: bool
     return paths, compile_s
 
 
+def profile_paths(paths: dict, top: int) -> dict:
+    """name → the ``top`` operators of one call by self CPU time (torch profiler, after one warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, (_, _, fn) in paths.items():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        events = list(prof.key_averages())
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        out[name] = [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
+                     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]
+    return out
+
+
+def _profile_table(profiles: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="operators by self CPU time, one call of each path (torch profiler)")
+    for col in ("path", "operator", "calls", "self ms", "share"):
+        t.add_column(col, justify="right" if col != "operator" else "left")
+    for name, rows in profiles.items():
+        for i, r in enumerate(rows):
+            t.add_row(name if i == 0 else "", r["op"], str(r["calls"]), f"{r['self_ms']:.1f}", f"{r['share']:.0%}")
+    Console(stderr=True, width=160).print(t)
+
+
 def bench_matched(args, device: torch.device) -> dict:
     """The side-by-side configuration, every path interleaved with the others and with the matmul."""
     T, H, W = MATCHED_CLIP
@@ -283,6 +312,9 @@ def bench_matched(args, device: torch.device) -> dict:
         "rows": rows,
     }
     _matched_table(result)
+    if args.profile:
+        result["profile"] = profile_paths(paths, args.profile)
+        _profile_table(result["profile"])
     print(json.dumps(result, separators=(",", ":")))
     return result
 
@@ -324,14 +356,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--norm-groups", type=int, default=32, help="--matched: GroupNorm groups (the CPU demo uses 4)")
     p.add_argument("--adam", default="default", choices=("default", "foreach", "fused"),
                    help="--matched: torch.optim.Adam implementation of the training step")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="--matched: also the top N operators of each path by self CPU time (torch profiler)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: JSON spec of one configuration
     args = p.parse_args(argv)
     args.repeats = args.repeats if args.repeats is not None else (5 if args.matched else 3)
     for flag in ("repeats", "batch", "matmul_n"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0 or args.norm_groups < 0:
-        p.error(f"--warmup and --norm-groups must be >= 0, got {args.warmup} and {args.norm_groups}")
+    if args.warmup < 0 or args.norm_groups < 0 or args.profile < 0:
+        p.error(f"--warmup, --norm-groups and --profile must be >= 0, got {args.warmup}, {args.norm_groups} and {args.profile}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
