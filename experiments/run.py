@@ -101,7 +101,8 @@ class Arm:
     name: str
     label: str
     stages: tuple[Stage, ...]
-    eval_args: tuple[str, ...] = ()  # added to every evaluation of this arm (e.g. decoding steps)
+    eval_args: tuple[str, ...] = ()  # added to every `cli.py test` / reconstruction evaluation of this arm
+    generation_args: tuple[str, ...] = ()  # added to its `benchmarks/generation.py` evaluations (e.g. --steps 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +183,9 @@ COMPARISONS = {c.name: c for c in (
     Comparison(
         "decoding_steps", "COMMIT decoding steps: quality and wall time",
         "MAGVIT: 12 COMMIT decoding steps instead of one model call per token (1024 autoregressive steps)",
-        arms=tuple(Arm(f"steps{k}", f"{k} steps", (DEMO_TOKENIZER, MTM_COMMIT), ("--model.sampling.steps", str(k)))
-                   for k in (4, 8, 12, 16, 24)),
-        evals=(task_eval("frame_prediction", "seconds"),), steps=MTM_STEPS),
+        arms=tuple(Arm(f"steps{k}", f"{k} steps", (DEMO_TOKENIZER, MTM_COMMIT), ("--model.sampling.steps", str(k)),
+                       ("--steps", str(k))) for k in (4, 8, 12, 16, 24)),
+        evals=(task_eval("frame_prediction", "seconds"), generation_eval("frame_prediction")), steps=MTM_STEPS),
 )}
 
 # --smoke: what shrinks every command to seconds (same overrides as the tests' tiny configs)
@@ -278,7 +279,7 @@ class Runner:
         if ev.kind == "generation":
             args = ["--seeds", "0", "--max_clips", "2", "--batch", "2", "--threads", "1"] if self.smoke else list(ev.args)
             return [sys.executable, "benchmarks/generation.py", "--ckpt", ckpt, "--name", arm.name, "--task", ev.task,
-                    "--shards", self.data or str(DEMO_SHARDS), *args]
+                    "--shards", self.data or str(DEMO_SHARDS), *args, *arm.generation_args]
         args = [*ev.args, *arm.eval_args]
         if self.smoke:  # one clip a video, no LPIPS/I3D: seconds
             args = [a for i, a in enumerate(args) if a not in ("--no_lpips", "--no_fvd", "--clips_per_video")
@@ -397,7 +398,7 @@ class Runner:
 
 def tag(arm: Arm) -> str:
     """Evaluation file suffix of an arm with its own evaluation options (arms that share a training run)."""
-    return f"-{arm.name}" if arm.eval_args else ""
+    return f"-{arm.name}" if arm.eval_args or arm.generation_args else ""
 
 
 def rel(path: Path) -> str:

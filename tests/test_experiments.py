@@ -125,6 +125,9 @@ def test_mtm_comparisons_plan_their_arms_and_score_through_cli_test(harness, tmp
     assert r.stage_dirs(arm, 1)[0].parent.name == "tok_demo-1500@s0" and r.stage_dirs(arm, 1)[0].name == "seed0"
     test = r.eval_command(harness.COMPARISONS["decoding_steps"].evals[0], arm, tmp_path / "run")
     assert test[-2:] == ["--model.sampling.steps", "4"] and "test-frame_prediction-steps4" in " ".join(test)
+    samples = r.eval_command(harness.COMPARISONS["decoding_steps"].evals[1], arm, tmp_path / "run")
+    assert samples[1] == "benchmarks/generation.py" and samples[-2:] == ["--steps", "4"]
+    assert harness.tag(arm) == "-steps4"  # each arm's evaluations of the shared model are cached apart
 
 
 @pytest.mark.parametrize("args, message", [
