@@ -497,7 +497,7 @@ def plot(report: dict, comparison: Comparison, path: Path) -> None:
         ax.set_title(f"{ev}\n{metric} ({better})" if better else f"{ev}\n{metric}", fontsize=9)
     n = len(report["seeds"])
     fig.suptitle(f"{comparison.title}: mean ± std over {n} seed{'s' if n > 1 else ''}, dots = seeds, "
-                 f"dashed = no-learning baseline at the arm's grid", fontsize=9)
+                 f"dashed = no-learning baseline (tokenizers: pooled to the arm's grid; samples: the padded condition)", fontsize=9)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
 
