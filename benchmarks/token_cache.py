@@ -30,14 +30,15 @@ from timing import timed
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokenizer_ckpt", default="runs/tokenizer/latest/checkpoints/last.ckpt")
     ap.add_argument("--config", default=str(REPO / "configs" / "mtm.yaml"))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = ap.parse_args()
+    ap.add_argument("--data_dir", default=None, help="prepared shard folder (default: the config's, i.e. the embedded set)")
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.tokenizer_ckpt).is_file():
@@ -51,6 +52,8 @@ def main() -> None:
     cfg = yaml.safe_load(Path(args.config).read_text())
     m_args = dict(cfg["model"]["init_args"], tokenizer_ckpt=args.tokenizer_ckpt)
     d_args = dict(cfg["data"]["init_args"], batch_size=args.batch, num_workers=0, random_flip=False, random_crop=False)
+    if args.data_dir:
+        d_args["data_dir"] = args.data_dir
     dm = VideoDataModule(**d_args)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -69,7 +72,7 @@ def main() -> None:
     def step(mode: str) -> None:
         model, opt = models[mode]
         data = b if mode == "warm" else batch
-        task = model.task(model._next_task())
+        task = model.task(model.schedule.task_at(0))  # the same task every step, for both modes
         inputs = tokenize(model.tokenizer, model.vocab, task, data["video"], data.get("label"), z=model.clip_tokens(data))
         loss, _, _ = commit_step(model.transformer, inputs, model.vocab, model.commit_config, drop_classes=task.uses_class)
         opt.zero_grad(set_to_none=True)
@@ -102,6 +105,7 @@ def main() -> None:
         table.add_row(mode, f"{r['s_per_step']:.3f}", f"{r['clips_per_s']:.1f}")
     Console(stderr=True).print(table)
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

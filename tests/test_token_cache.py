@@ -95,3 +95,19 @@ def test_mtm_training_with_the_cache_matches_training_without(tmp_path, tokenize
         rates = [float(r["train/token_cache_hit_rate"]) for r in csv.DictReader(fh) if r.get("train/token_cache_hit_rate")]
     # 16-frame clips cut to 8 frames at a random start: some windows repeat within 2 epochs of 8 clips
     assert rates[0] == 0.0 and rates[-1] > 0.0
+
+
+def test_token_cache_benchmark_runs_on_a_tiny_tokenizer(tokenizer_run, tiny_data, capsys, monkeypatch):
+    """benchmarks/token_cache.py end to end (it once broke on a renamed MTMModule method unnoticed)."""
+    import importlib.util
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # where the script finds its `timing` helper
+    spec = importlib.util.spec_from_file_location("bench_token_cache", REPO / "benchmarks" / "token_cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--tokenizer_ckpt", str(tokenizer_run / "checkpoints" / "last.ckpt"), "--data_dir", str(tiny_data),
+                      "--batch", "2", "--repeats", "1", "--threads", "1"])
+    printed = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
+    assert printed == out and set(out["modes"]) == {"off", "warm", "encode"}
+    assert out["hit_rate_warm"] > 0 and all(r["s_per_step"] > 0 for r in out["modes"].values())
