@@ -19,12 +19,23 @@ PaddingMode = Literal["zeros", "reflect", "replicate"]
 PADDING_MODES = ("zeros", "reflect", "replicate")
 
 
-def group_norm(channels: int, eps: float = 1e-6, affine: bool = True, groups: int = 32) -> nn.Module:
+def group_norm(channels: int, eps: float = 1e-6, affine: bool = True, groups: int = 32, per_frame: bool = False) -> nn.Module:
     """GroupNorm with ``groups`` groups (MAGVIT: 32), or fewer when ``channels`` is not a multiple of it;
-    ``groups=0``: no normalisation (identity)."""
+    ``groups=0``: no normalisation (identity). ``per_frame``: statistics of each frame alone (a causal
+    model's norm must not see later frames)."""
     if groups == 0:
         return nn.Identity()
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps, affine=affine)
+    cls = FrameGroupNorm if per_frame else nn.GroupNorm
+    return cls(math.gcd(groups, channels), channels, eps=eps, affine=affine)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm of each frame of a (B, C, T, H, W) tensor on its own (same parameters as nn.GroupNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.reshape(b, t, c, h, w).transpose(1, 2)
 
 
 class SameConv3d(nn.Conv3d):
@@ -34,6 +45,9 @@ class SameConv3d(nn.Conv3d):
     ``F.pad`` in time, height and width before a padding-free conv. Reflect padding needs a dimension larger
     than its pad (not so for time after pooling to one frame); such a dimension is replicate-padded,
     which is what reflecting a single value gives.
+
+    ``causal=True`` pads time on the past side only (``kt - 1`` frames: zeros for 'zeros', copies of the
+    first frame otherwise), so output frame t sees input frames ``<= t`` only; H and W stay centred.
     """
 
     def __init__(
@@ -43,17 +57,23 @@ class SameConv3d(nn.Conv3d):
         kernel_size: tuple[int, int, int] | int,
         bias: bool = True,
         padding_mode: PaddingMode = "zeros",
+        causal: bool = False,
     ):
         k = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
         if any(ki % 2 == 0 for ki in k):
             raise ValueError(f"SameConv3d needs odd kernel sizes, got {k}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        native = padding_mode == "zeros"
-        super().__init__(in_channels, out_channels, k, padding=tuple(ki // 2 for ki in k) if native else 0, bias=bias)
-        self.same_padding_mode = padding_mode
         kt, kh, kw = k
+        self.causal = bool(causal) and kt > 1
+        native = padding_mode == "zeros"
+        native_pad = (0 if self.causal else kt // 2, kh // 2, kw // 2) if native else 0
+        super().__init__(in_channels, out_channels, k, padding=native_pad, bias=bias)
+        self.same_padding_mode = padding_mode
         self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, kt // 2, kt // 2)  # F.pad order: W, H, T
+        if self.causal:
+            self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, 0, 0)
+            self._causal_pad = kt - 1
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of ``x``, plus ``residual`` when given (fused into the conv on the CPU fast path
@@ -63,6 +83,8 @@ class SameConv3d(nn.Conv3d):
         return kernels.conv3d_add(self._padded(x), self, self.padding, residual)
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            x = _pad_past(x, self._causal_pad, "zeros" if self.same_padding_mode == "zeros" else "first")
         if self.same_padding_mode != "zeros" and any(self._pad):
             return self._pad_input(x)
         return x
@@ -80,6 +102,13 @@ class SameConv3d(nn.Conv3d):
         return x
 
 
+def _pad_past(x: torch.Tensor, frames: int, fill: Literal["zeros", "first"]) -> torch.Tensor:
+    """``x`` (B, C, T, H, W) with ``frames`` frames put before its first: zeros, or copies of the first frame."""
+    if fill == "zeros":
+        return F.pad(x, (0, 0, 0, 0, frames, 0))
+    return torch.cat([x[:, :, :1].expand(-1, -1, frames, -1, -1), x], dim=2)
+
+
 class ResBlock(nn.Module):
     """GN → SiLU → conv → GN → SiLU → conv, plus the input (1×1×1 conv when channels change).
 
@@ -88,13 +117,13 @@ class ResBlock(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int], padding_mode: PaddingMode,
-        norm_groups: int = 32,
+        norm_groups: int = 32, causal: bool = False,
     ):
         super().__init__()
-        self.norm1 = group_norm(in_channels, groups=norm_groups)
-        self.conv1 = SameConv3d(in_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
-        self.norm2 = group_norm(out_channels, groups=norm_groups)
-        self.conv2 = SameConv3d(out_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode)
+        self.norm1 = group_norm(in_channels, groups=norm_groups, per_frame=causal)
+        self.conv1 = SameConv3d(in_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode, causal=causal)
+        self.norm2 = group_norm(out_channels, groups=norm_groups, per_frame=causal)
+        self.conv2 = SameConv3d(out_channels, out_channels, kernel_size, bias=False, padding_mode=padding_mode, causal=causal)
         self.shortcut = (
             SameConv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
         )

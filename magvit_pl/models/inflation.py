@@ -1,7 +1,8 @@
 """Initialise a 3D tokenizer run from a 2D (per-frame) one by inflating its conv kernels, and Flax-style init.
 
 MAGVIT §3.1: "central inflation" puts each 2D kernel in the temporal centre slice of the 3D kernel and
-zeros elsewhere, so the 3D network starts out computing the 2D one frame by frame; "average"
+zeros elsewhere (in a causal 3D model, the last slice: its present frame), so the 3D network starts
+out computing the 2D one frame by frame; "average"
 inflation spreads it as 2D / kt over all kt slices (the I3D recipe). Parameters whose shapes already
 match (norms, biases, 1×1×1 convs, the codebook) are copied.
 
@@ -40,14 +41,15 @@ _FRESH_BUFFERS = ("num_steps", "code_age")
 GENERATOR_PREFIX, EMA_PREFIX, DISCRIMINATOR_PREFIX = "tokenizer.", "ema_tokenizer.", "discriminator."
 
 
-def inflate_kernel(w2d: torch.Tensor, kt: int, mode: InflationMode = "central") -> torch.Tensor:
-    """(O, I, 1, kh, kw) → (O, I, kt, kh, kw)."""
+def inflate_kernel(w2d: torch.Tensor, kt: int, mode: InflationMode = "central", causal: bool = False) -> torch.Tensor:
+    """(O, I, 1, kh, kw) → (O, I, kt, kh, kw). ``causal``: the kernel is a causal conv's, whose present
+    frame is its last slice, so "central" inflation fills that slice instead of the middle one."""
     if w2d.shape[2] != 1:
         raise UserError(f"can only inflate kernels with temporal size 1, got shape {tuple(w2d.shape)}")
     O, I, _, kh, kw = w2d.shape
     if mode == "central":
         w3d = w2d.new_zeros(O, I, kt, kh, kw)
-        w3d[:, :, kt // 2] = w2d[:, :, 0]
+        w3d[:, :, kt - 1 if causal else kt // 2] = w2d[:, :, 0]
         return w3d
     if mode == "average":
         return w2d.expand(O, I, kt, kh, kw) / kt
@@ -81,7 +83,7 @@ def inflate_state_dict(
         elif src.shape == ref.shape:
             out[key] = src.to(ref.dtype).clone()
         elif src.dim() == 5 and src.shape[2] == 1 and src.shape[:2] + src.shape[3:] == ref.shape[:2] + ref.shape[3:]:
-            out[key] = inflate_kernel(src, ref.shape[2], mode).to(ref.dtype).contiguous()
+            out[key] = inflate_kernel(src, ref.shape[2], mode, causal=_is_causal_conv(model3d, key)).to(ref.dtype).contiguous()
         elif strict:
             raise UserError(
                 f"cannot inflate {key!r}: 2D shape {tuple(src.shape)} does not fit 3D shape {tuple(ref.shape)}"
@@ -93,6 +95,15 @@ def inflate_state_dict(
         log.warning("init_from: %d entr%s of %s kept their fresh values (absent from or not inflatable from the 2D "
                     "checkpoint): %s", len(kept), "y" if len(kept) == 1 else "ies", what, ", ".join(kept))
     return out
+
+
+def _is_causal_conv(model: nn.Module, key: str) -> bool:
+    """Whether the parameter ``key`` of ``model`` belongs to a causal conv (``SameConv3d(causal=True)``)."""
+    owner, _, _ = key.rpartition(".")
+    try:
+        return bool(getattr(model.get_submodule(owner), "causal", False))
+    except AttributeError:
+        return False
 
 
 @dataclass

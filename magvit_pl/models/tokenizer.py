@@ -53,20 +53,21 @@ class Encoder(nn.Module):
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
         norm_groups: int = 32,
+        causal: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
-        self.conv_in = SameConv3d(in_channels, base_channels, kernel, bias=False, padding_mode=padding_mode)
+        self.conv_in = SameConv3d(in_channels, base_channels, kernel, bias=False, padding_mode=padding_mode, causal=causal)
         self.levels = nn.ModuleList()
         ch = base_channels
         for mult in channel_multipliers:
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(ch, base_channels * mult, kernel, padding_mode, norm_groups))
+                blocks.append(ResBlock(ch, base_channels * mult, kernel, padding_mode, norm_groups, causal))
                 ch = base_channels * mult
             self.levels.append(blocks)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
-        self.norm_out = group_norm(ch, groups=norm_groups)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups, causal) for _ in range(num_res_blocks)])
+        self.norm_out = group_norm(ch, groups=norm_groups, per_frame=causal)
         self.conv_out = SameConv3d(ch, embedding_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,24 +97,25 @@ class Decoder(nn.Module):
         kernel: tuple[int, int, int],
         padding_mode: PaddingMode,
         norm_groups: int = 32,
+        causal: bool = False,
     ):
         super().__init__()
         self.temporal_downsample = tuple(temporal_downsample)
         ch = base_channels * channel_multipliers[-1]
-        self.conv_in = SameConv3d(embedding_dim, ch, kernel, bias=True, padding_mode=padding_mode)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups) for _ in range(num_res_blocks)])
+        self.conv_in = SameConv3d(embedding_dim, ch, kernel, bias=True, padding_mode=padding_mode, causal=causal)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, kernel, padding_mode, norm_groups, causal) for _ in range(num_res_blocks)])
         self.levels = nn.ModuleList()  # stored deepest level first, the order they run in
         self.up_convs = nn.ModuleList()
         for i in reversed(range(len(channel_multipliers))):
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(ch, base_channels * channel_multipliers[i], kernel, padding_mode, norm_groups))
+                blocks.append(ResBlock(ch, base_channels * channel_multipliers[i], kernel, padding_mode, norm_groups, causal))
                 ch = base_channels * channel_multipliers[i]
             self.levels.append(blocks)
             if i > 0:
-                self.up_convs.append(SameConv3d(ch, ch, kernel, bias=True, padding_mode=padding_mode))
-        self.norm_out = group_norm(ch, groups=norm_groups)
-        self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode)
+                self.up_convs.append(SameConv3d(ch, ch, kernel, bias=True, padding_mode=padding_mode, causal=causal))
+        self.norm_out = group_norm(ch, groups=norm_groups, per_frame=causal)
+        self.conv_out = SameConv3d(ch, out_channels, kernel, bias=True, padding_mode=padding_mode, causal=causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(kernels.to_fast_layout(x))
@@ -151,6 +153,11 @@ class VQTokenizer(ConfigMixin, nn.Module):
         norm_groups: Groups of every GroupNorm (MAGVIT: 32; fewer when the width is not a multiple).
             At small widths 32 groups hold one channel each, which normalises away every channel's
             mean over the clip, global colour included (the CPU demo uses 4). 0 = no normalisation.
+        causal: Temporally causal model (as in MAGVIT-v2): every conv pads time on the past side only and
+            every GroupNorm normalises each frame alone, so latent frame ``i`` depends on frames
+            ``< (i + 1) * dt`` and decoded frames ``i * dt ... (i + 1) * dt - 1`` on latent frames ``<= i``.
+            A given first frame is then decoded from its own tokens, whatever is generated after it. Not
+            in MAGVIT (its 3D-VQ is centred in time).
 
     Activation checkpointing is applied from outside (:mod:`magvit_pl.models.checkpointing`), by the
     LightningModule's ``activation_checkpointing`` option.
@@ -168,6 +175,7 @@ class VQTokenizer(ConfigMixin, nn.Module):
         quantizer: nn.Module | None = None,
         in_channels: int = 3,
         norm_groups: int = 32,
+        causal: bool = False,
     ):
         super().__init__()
         check_args("tokenizer", locals(), {"base_channels": ">= 1", "channel_multipliers": ">= 1", "num_res_blocks": ">= 0",
@@ -194,13 +202,14 @@ class VQTokenizer(ConfigMixin, nn.Module):
         self.temporal_downsample = temporal_downsample
         self.embedding_dim = embedding_dim
         self.temporal_kernel_size = temporal_kernel_size
+        self.causal = bool(causal)
         kernel = (temporal_kernel_size, 3, 3)
         args = (
             base_channels, channel_multipliers, num_res_blocks, temporal_downsample, embedding_dim, kernel, padding_mode
         )
-        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups)
+        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups, causal=self.causal)
         self.quantizer = quantizer
-        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups)
+        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups, causal=self.causal)
 
     # ---- shapes
     @property

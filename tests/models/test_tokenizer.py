@@ -314,3 +314,55 @@ def test_norm_groups_sets_every_group_norm_and_zero_removes_them():
     assert none(video)[0].shape == video.shape
     with pytest.raises(UserError, match="norm_groups"):
         VQTokenizer(norm_groups=-1, **kw)
+
+
+# ---------------------------------------------------------------- causal (MAGVIT-v2 style) option
+def test_causal_same_conv_pads_the_past_only():
+    x = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 3, 1, 1)
+    expect = {"zeros": [1.0, 3.0, 6.0], "replicate": [3.0, 4.0, 6.0], "reflect": [3.0, 4.0, 6.0]}  # past: zeros / first frame
+    for mode, values in expect.items():
+        conv = SameConv3d(1, 1, (3, 1, 1), bias=False, padding_mode=mode, causal=True)
+        with torch.no_grad():
+            conv.weight.fill_(1.0)  # sum of frames t-2, t-1, t
+        assert conv(x).flatten().tolist() == values, mode
+    assert not SameConv3d(1, 1, (1, 3, 3), causal=True).causal  # nothing to pad in time
+
+
+@pytest.mark.parametrize("padding, groups", [("zeros", 0), ("reflect", 4)])
+@pytest.mark.parametrize("grad", [False, True])  # the CPU fast path runs without autograd
+def test_causal_tokenizer_sees_only_the_past(padding, groups, grad):
+    kw = dict(padding_mode=padding, norm_groups=groups, temporal_downsample=(True, False))
+    causal, centred = tiny(seed=3, causal=True, **kw).eval(), tiny(seed=3, **kw).eval()
+    assert causal.init_config["init_args"]["causal"] is True
+    x = clip(seed=4)
+    y = x.clone()
+    y[:, :, 2:] = clip(seed=5)[:, :, 2:]  # same first two frames, different future
+    z = torch.randn(1, 8, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    z2 = z.clone()
+    z2[:, :, 1:] = torch.randn(1, 8, 3, 8, 8, generator=torch.Generator().manual_seed(7))  # same first latent frame
+    with torch.set_grad_enabled(grad):
+        for model, is_causal in ((causal, True), (centred, False)):
+            ex, ey = model.encoder(x), model.encoder(y)
+            dx, dy = model.decoder(z), model.decoder(z2)
+            if is_causal:  # latent frame 0 covers frames 0-1 and sees nothing later; frames 0-1 decode from it alone
+                assert torch.equal(ex[:, :, 0], ey[:, :, 0]) and torch.equal(dx[:, :, :2], dy[:, :, :2])
+                assert torch.equal(model.encode(x)[:, 0], model.encode(y)[:, 0])
+            else:  # the centred model mixes the future into both
+                assert (ex[:, :, 0] - ey[:, :, 0]).abs().max() > 1e-4 and (dx[:, :, :2] - dy[:, :, :2]).abs().max() > 1e-4
+            assert (ex[:, :, 1] - ey[:, :, 1]).abs().max() > 1e-4 and (dx[:, :, 2:] - dy[:, :, 2:]).abs().max() > 1e-4
+
+
+def test_causal_group_norm_is_per_frame_and_inflation_fills_the_present_slice():
+    norms = [m for m in tiny(causal=True, norm_groups=4).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(type(m).__name__ == "FrameGroupNorm" for m in norms)
+    w = torch.randn(4, 3, 1, 3, 3)
+    c = inflate_kernel(w, 3, "central", causal=True)
+    assert torch.equal(c[:, :, 2], w[:, :, 0]) and c[:, :, :2].abs().sum() == 0
+    # a causal 3D model inflated from a 2D one without time pooling computes the 2D model frame by frame, on any clip
+    model2d = tiny(seed=1, temporal_kernel_size=1, norm_groups=4).eval()
+    model3d = tiny(seed=2, causal=True, norm_groups=4, temporal_downsample=(False, False)).eval()
+    model3d.load_state_dict(inflate_state_dict(model2d.state_dict(), model3d, "central"))
+    video = clip(seed=8, shape=(1, 3, 3, 32, 32))  # three different frames
+    with torch.no_grad():
+        per_frame = torch.cat([model2d.encoder(video[:, :, i:i + 1]) for i in range(3)], dim=2)
+        assert torch.allclose(model3d.encoder(video), per_frame, atol=1e-5)
