@@ -2,7 +2,8 @@
 
 For every ``--ckpt`` (several compare side by side in one run) and every ``--task``, samples each clip
 with the checkpoint's own sampling settings (or the ``--steps`` / ``--temperature`` / ``--top_k`` /
-``--choice_temperature`` overrides) and reports, over ``--seeds`` sampling seeds:
+``--choice_temperature`` / ``--keep_condition`` overrides; ``--keep_condition both`` samples each checkpoint
+with the condition tokens re-predicted and kept, side by side) and reports, over ``--seeds`` sampling seeds:
 
 * ``given_psnr``: PSNR of the sample on the pixels the task gives (the condition must survive decoding);
 * ``gen_psnr``: PSNR of the sample on the pixels the model generates, against the real clip (a proxy: a
@@ -135,6 +136,13 @@ def evaluate_task(model, task_name: str, clips: torch.Tensor, batch: int, seeds:
     return ({k: _mean(v) for k, v in pad.items()}, {k: _mean(v) for k, v in tok.items()}, row, first)
 
 
+# --keep_condition -> the (keep_condition override, row-name suffix) pairs each checkpoint is sampled with
+KEEP_VARIANTS: dict[str, tuple[tuple[bool | None, str], ...]] = {
+    "model": ((None, ""),), "on": ((True, " (kept)"),), "off": ((False, " (re-predicted)"),),
+    "both": ((False, " (re-predicted)"), (True, " (kept)")),
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", action="append", required=True, help="MTM checkpoint (repeat to compare)")
@@ -155,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--temperature", type=float, help="override the sampling temperature")
     ap.add_argument("--top_k", type=int, help="override top-k")
     ap.add_argument("--choice_temperature", type=float, help="override the choice temperature")
+    ap.add_argument("--keep_condition", choices=("model", "on", "off", "both"), default="model",
+                    help="hold the condition tokens fixed while decoding: the checkpoint's setting, on, off, or both side by side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", type=Path, help="write <grid>_<task>.png: real clip frames, then each checkpoint's sample")
     args = ap.parse_args(argv)
@@ -178,14 +188,17 @@ def main(argv: list[str] | None = None) -> dict:
             if model.task(task).uses_class:
                 raise UserError(f"--task {task}: class-conditional tasks need labels, which this benchmark does not read; "
                                 "choose a task without a class")
-            sampling = dataclasses.replace(model.sampling_config, **overrides)
-            pad, tok, row, first = evaluate_task(model, task, clips, args.batch, args.seeds, sampling)
-            rows.setdefault(f"{task} · padded condition", pad)
-            rows[f"{task} · tokenizer of {name}"] = tok
-            rows[f"{task} · sample of {name}"] = {**row, "sampling": dataclasses.asdict(sampling), "ckpt": path}
-            grids[task].append(first[:4])
+            for keep, label in KEEP_VARIANTS[args.keep_condition]:
+                keep_override = {} if keep is None else {"keep_condition": keep}
+                sampling = dataclasses.replace(model.sampling_config, **overrides, **keep_override)
+                pad, tok, row, first = evaluate_task(model, task, clips, args.batch, args.seeds, sampling)
+                rows.setdefault(f"{task} · padded condition", pad)
+                rows[f"{task} · tokenizer of {name}"] = tok
+                rows[f"{task} · sample of {name}{label}"] = {**row, "sampling": dataclasses.asdict(sampling), "ckpt": path}
+                grids[task].append(first[:4])
     out = {"benchmark": "generation", "clips": len(clips), "num_frames": args.num_frames, "resolution": args.resolution,
-           "seeds": args.seeds, "source": str(args.videos or f"{args.shards}:{args.split}"), "overrides": overrides,
+           "seeds": args.seeds, "source": str(args.videos or f"{args.shards}:{args.split}"),
+           "overrides": {**overrides, **({} if args.keep_condition == "model" else {"keep_condition": args.keep_condition})},
            "seconds": round(time.perf_counter() - t0, 1), "checkpoints": dict(zip(names, args.ckpt)), "results": rows}
     print(json.dumps(out))
     print_table(rows, title=f"generation on {len(clips)} clips, mean over seeds {args.seeds} (higher is better)",
@@ -195,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         for task, row_videos in grids.items():
             path = args.grid.with_name(f"{args.grid.stem}_{task}.png")
             save_png(path, filmstrip(row_videos).repeat(3, 0).repeat(3, 1))
-            print(f"grid: {path} (rows: real, {', '.join(names)})")
+            labels = [f"{n}{label}" for n in names for _, label in KEEP_VARIANTS[args.keep_condition]]
+            print(f"grid: {path} (rows: real, {', '.join(labels)})")
     return out
 
 

@@ -52,6 +52,11 @@ class SamplingConfig:
         temperature: Sampling temperature of the token distribution (0 = greedy).
         top_k: Sample among the k most likely codes only (None = all codes).
         guidance_scale: Classifier-free guidance scale (0 = off).
+        keep_condition: Hold the condition tokens z̃ fixed while decoding and sample only the other
+            positions. False (the paper's COMMIT decoding) re-predicts them too, so a given frame can
+            change. With a causal tokenizer (``causal: true`` or ``decoder``) a given first frame then
+            decodes from exactly its condition tokens. A model trained with ``commit.mode: naive``
+            always decodes this way.
     """
 
     steps: int = 12
@@ -59,6 +64,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int | None = None
     guidance_scale: float = 0.0
+    keep_condition: bool = False
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

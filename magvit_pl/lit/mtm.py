@@ -281,6 +281,7 @@ class MTMModule(LightningModule):
             protocol = {"sample_steps": self.sampling_config.steps, "seed": hp.seed, "num_frames": hp.num_frames,
                         "resolution": hp.resolution, "tokenizer_ckpt": hp.tokenizer_ckpt, "fvd_real_stats": stats,
                         "guidance_scale": self.sampling_config.guidance_scale,
+                        "keep_condition": self.sampling_config.keep_condition,
                         "evaluation": self.evaluator.protocol(self.eval_config, getattr(self.trainer, "datamodule", None), counts, per_repeat)}
             write_results(results, hp.eval_task or "all", media_dir(self.trainer).parent, protocol=protocol)
         self.evaluator = None

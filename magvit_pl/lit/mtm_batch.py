@@ -123,7 +123,7 @@ def sample(transformer: nn.Module, tokenizer: nn.Module, inputs: TokenizedBatch,
         transformer, inputs.z_cond, inputs.cond_mask, inputs.prefix, vocab, steps=steps or config.steps,
         schedule=commit_config.mask_schedule, choice_temperature=config.choice_temperature,
         temperature=config.temperature, top_k=config.top_k, guidance_scale=config.guidance_scale,
-        generator=generator, mode=commit_config.mode, uncond_prefix=uncond,
+        generator=generator, mode="naive" if config.keep_condition else commit_config.mode, uncond_prefix=uncond,
     )
     transformer.train(was_training)
     video = tokenizer.decode(tokens.reshape(-1, *grid)).clamp(-1, 1)  # (B, C, T, H, W)

@@ -10,7 +10,7 @@ whose weights ``inflation.py`` turns into a 3D one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -156,8 +156,9 @@ class VQTokenizer(ConfigMixin, nn.Module):
         causal: Temporally causal model (as in MAGVIT-v2): every conv pads time on the past side only and
             every GroupNorm normalises each frame alone, so latent frame ``i`` depends on frames
             ``< (i + 1) * dt`` and decoded frames ``i * dt ... (i + 1) * dt - 1`` on latent frames ``<= i``.
-            A given first frame is then decoded from its own tokens, whatever is generated after it. Not
-            in MAGVIT (its 3D-VQ is centred in time).
+            A given first frame is then decoded from its own tokens, whatever is generated after it.
+            ``"decoder"``: only the decoder is causal (what keeps given first frames; the encoder keeps
+            its centred view). False (MAGVIT: its 3D-VQ is centred in time), True or "decoder".
 
     Activation checkpointing is applied from outside (:mod:`magvit_pl.models.checkpointing`), by the
     LightningModule's ``activation_checkpointing`` option.
@@ -175,7 +176,7 @@ class VQTokenizer(ConfigMixin, nn.Module):
         quantizer: nn.Module | None = None,
         in_channels: int = 3,
         norm_groups: int = 32,
-        causal: bool = False,
+        causal: bool | Literal["decoder"] = False,
     ):
         super().__init__()
         check_args("tokenizer", locals(), {"base_channels": ">= 1", "channel_multipliers": ">= 1", "num_res_blocks": ">= 0",
@@ -202,14 +203,16 @@ class VQTokenizer(ConfigMixin, nn.Module):
         self.temporal_downsample = temporal_downsample
         self.embedding_dim = embedding_dim
         self.temporal_kernel_size = temporal_kernel_size
-        self.causal = bool(causal)
+        if causal not in (False, True, "decoder"):
+            raise UserError(f"causal must be false, true or 'decoder'; got {causal!r}")
+        self.causal = causal
         kernel = (temporal_kernel_size, 3, 3)
         args = (
             base_channels, channel_multipliers, num_res_blocks, temporal_downsample, embedding_dim, kernel, padding_mode
         )
-        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups, causal=self.causal)
+        self.encoder = Encoder(in_channels, *args, norm_groups=norm_groups, causal=causal is True)
         self.quantizer = quantizer
-        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups, causal=self.causal)
+        self.decoder = Decoder(in_channels, *args, norm_groups=norm_groups, causal=bool(causal))
 
     # ---- shapes
     @property

@@ -4,6 +4,8 @@ Also home of :func:`read_input`, how every command reads a user's ``--input`` vi
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from pathlib import Path
 
@@ -54,6 +56,7 @@ def generate(
     seed: int = 0,
     grid: bool = False,
     runs_root: str = "runs",
+    keep_condition: bool | None = None,
 ) -> Path:
     """Generate a video with a trained MTM: the task's condition is taken from ``--input``.
 
@@ -70,6 +73,8 @@ def generate(
         seed: Sampling seed, 0 ≤ seed < 2^64; the same seed gives the same video.
         grid: Also write ``OUTPUT_grid.mp4``: condition | generated | input side by side.
         runs_root: Where training runs live (for the default checkpoint).
+        keep_condition: Hold the condition's tokens fixed while decoding (true) or let COMMIT re-predict them
+            (false, the paper); default: the model's ``sampling.keep_condition``.
     """
     out_path = check_output_file(output, "--output", "generated.mp4")
     if out_path.suffix.lower() not in (".mp4", ".gif"):
@@ -79,6 +84,8 @@ def generate(
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed {seed}: must be in 0..{MAX_SEED} (2^64 - 1)")
     model = load_mtm_any(ckpt_path or latest_checkpoint(runs_root))  # a checkpoint or a model folder
+    if keep_condition is not None:
+        model.sampling_config = dataclasses.replace(model.sampling_config, keep_condition=bool(keep_condition))
     video = _condition(model, task, input, class_id, steps)
     out = model.generate({"video": video, "label": torch.tensor([class_id or 0])}, task, seed=seed, steps=steps)
     fps = model.hparams.media_fps

@@ -47,9 +47,13 @@ def test_benchmark_samples_a_tiny_mtm_on_the_val_split(tmp_path, fit_tiny_mtm, t
         assert smp["sampling"]["steps"] == 2
         assert (tmp_path / f"g_{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same seeds give the same samples: a second run reproduces the figures exactly
+    # (sampled with the condition tokens re-predicted, the model's setting, and held fixed, side by side)
     again = _bench().main(["--ckpt", ckpt, "--shards", str(tiny_data), "--task", "frame_prediction", "--seeds", "0", "1",
-                           "--batch", "4", "--threads", "1", "--steps", "2"])
-    assert again["results"][f"frame_prediction · sample of {run.name}"]["per_seed"] == rows[f"frame_prediction · sample of {run.name}"]["per_seed"]
+                           "--batch", "4", "--threads", "1", "--steps", "2", "--keep_condition", "both"])
+    free, kept = (again["results"][f"frame_prediction · sample of {run.name} ({s})"] for s in ("re-predicted", "kept"))
+    assert free["per_seed"] == rows[f"frame_prediction · sample of {run.name}"]["per_seed"]
+    assert kept["cond_agree"] == 1.0 and kept["sampling"]["keep_condition"] is True and free["sampling"]["keep_condition"] is False
+    assert again["overrides"] == {"steps": 2, "keep_condition": "both"}
     assert out["checkpoints"] == {run.name: ckpt} and smp["ckpt"] == ckpt
 
 

@@ -90,6 +90,24 @@ def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
         generate("frame_prediction", input=str(short), output=str(tmp_path / "e.mp4"), ckpt_path=ckpt)
 
 
+def test_keep_condition_holds_the_condition_tokens(mtm_run):
+    """sampling.keep_condition: the sampled tokens equal z̃ on every condition position (COMMIT decoding may
+    change them), and the setting is what `generate --keep_condition` and the benchmark switch."""
+    model = MTMModule.from_checkpoint(str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"))
+    video = torch.rand(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    outs = {}
+    for keep in (False, True):
+        model.sampling_config = dataclasses.replace(model.sampling_config, keep_condition=keep)
+        outs[keep] = model.generate({"video": video}, "outpainting_central", seed=1, steps=3)
+    kept, free = outs[True], outs[False]
+    cond = kept.inputs.cond_mask.reshape(2, -1)
+    z_cond = kept.inputs.z_cond.reshape(2, -1)
+    assert cond.any() and (~cond).any()
+    assert torch.equal(kept.tokens.reshape(2, -1)[cond], z_cond[cond])
+    assert not torch.equal(free.tokens.reshape(2, -1)[cond], z_cond[cond])  # the untrained model re-predicts some
+    assert torch.equal(kept.inputs.z_cond, free.inputs.z_cond)
+
+
 def test_mismatched_tokenizer_is_named(mtm_run):
     model = MTMModule.from_checkpoint(str(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt"))
     ckpt = load_checkpoint(mtm_run / "mtm" / "latest" / "checkpoints" / "last.ckpt")

@@ -366,3 +366,19 @@ def test_causal_group_norm_is_per_frame_and_inflation_fills_the_present_slice():
     with torch.no_grad():
         per_frame = torch.cat([model2d.encoder(video[:, :, i:i + 1]) for i in range(3)], dim=2)
         assert torch.allclose(model3d.encoder(video), per_frame, atol=1e-5)
+
+
+def test_decoder_only_causal_keeps_the_centred_encoder():
+    model = tiny(seed=3, causal="decoder", temporal_downsample=(True, False)).eval()
+    assert model.init_config["init_args"]["causal"] == "decoder"
+    assert not model.encoder.conv_in.causal and model.decoder.conv_in.causal and model.decoder.conv_out.causal
+    x, y = clip(seed=4), clip(seed=4).clone()
+    y[:, :, 2:] = clip(seed=5)[:, :, 2:]
+    z = torch.randn(1, 8, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    z2 = z.clone()
+    z2[:, :, 1:] = 0.0
+    with torch.no_grad():
+        assert (model.encoder(x)[:, :, 0] - model.encoder(y)[:, :, 0]).abs().max() > 1e-4  # the encoder sees the future
+        assert torch.equal(model.decoder(z)[:, :, :2], model.decoder(z2)[:, :, :2])  # the decoder does not
+    with pytest.raises(UserError, match="causal"):
+        tiny(causal="encoder")
