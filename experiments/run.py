@@ -415,7 +415,10 @@ def flatten(ev: Eval, out: dict, seconds: float) -> dict:
         return {"values": {**values, "seconds": seconds}, "info": {"protocol": out.get("protocol", {})}}
     if ev.kind == "generation":
         rows = out["results"]
-        sample = next(r for k, r in rows.items() if k.startswith(f"{ev.task} · sample of "))
+        sample = next((r for k, r in rows.items() if k.startswith(f"{ev.task} · sample of ")), None)
+        if sample is None:
+            raise CommandError(f"evaluation {ev.name}: the checkpoint was not trained on {ev.task}, so nothing was sampled; "
+                               f"train the arm on {ev.task} or leave this evaluation out of the comparison")
         padded = rows.get(f"{ev.task} · padded condition", {})
         values = {k: sample[k] for k in ("given_psnr", "gen_psnr", "cond_agree", "token_acc") if sample.get(k) is not None}
         return {"values": values, "baseline": {"gen_psnr": padded["gen_psnr"]} if padded.get("gen_psnr") is not None else {},

@@ -139,3 +139,11 @@ def test_mtm_comparisons_plan_their_arms_and_score_through_cli_test(harness, tmp
 def test_mistakes_are_one_error_line(harness, args, message):
     with pytest.raises(harness.UsageError, match=message.replace("(", r"\(")):
         harness.main(args)
+
+
+def test_a_generation_evaluation_of_an_untrained_task_is_one_error_line(harness):
+    ev = harness.Eval(name="gen_fp", kind="generation", task="frame_interpolation")
+    out = {"results": {"frame_interpolation · padded condition": {"gen_psnr": 14.0}}, "clips": 2, "seeds": [0],
+           "source": "x", "num_frames": 8, "resolution": 32}  # what the benchmark reports when it skipped the task
+    with pytest.raises(harness.CommandError, match="not trained on frame_interpolation"):
+        harness.flatten(ev, out, 1.0)
