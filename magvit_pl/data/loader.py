@@ -28,13 +28,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from magvit_pl.data.stream import ShardClips
-from magvit_pl.run.errors import UserError
+from magvit_pl.run.errors import Terminated, UserError
 
 
-class DataWaitTerminated(UserError):
+class DataWaitTerminated(Terminated):
     """SIGTERM arrived while the run was waiting for a batch."""
-
-    exit_code = 128 + 15
 
 
 class ClipLoader(DataLoader):

@@ -99,6 +99,16 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_now(trainer)
         super().on_train_end(trainer, pl_module)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM (Lightning stops between batches): save ``last.ckpt`` at this step, so a preempted run
+        resumes where it stopped, not at the last periodic checkpoint. One process only: with several,
+        ranks may stop at different points, and the last periodic checkpoint is what they share."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and trainer.world_size == 1:
+            self._save_now(trainer)
+            exception.saved_step = trainer.global_step  # read by the CLI's one-line message
+
 
 class LossCurves(Callback):
     """After each validation, draw ``media/loss_curves.png`` from the run's ``metrics.csv`` (rank 0).

@@ -16,6 +16,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Terminated(UserError):
+    """The run was stopped by SIGTERM (a scheduler's preemption, ``kill``): exit 143 = 128 + SIGTERM, so a job
+    system sees a stopped job, not a finished one."""
+
+    exit_code = 128 + 15
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed at does not exist."""
 

@@ -39,6 +39,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from magvit_pl.lit.mtm_options import explain_checkpoint_error, explain_option_error
@@ -46,7 +47,7 @@ from magvit_pl.pretrained import checkpoint_for_test
 from magvit_pl.run.callbacks import AtomicCheckpointIO, LossCurves, RunCheckpoint
 from magvit_pl.run.checkpoint import LIGHTNING_MODULES, lightning_hparams
 from magvit_pl.run.cli import LIGHTNING_COMMANDS, flags_take_no_value
-from magvit_pl.run.errors import UserError, first_line, one_line
+from magvit_pl.run.errors import Terminated, UserError, first_line, one_line
 from magvit_pl.run.files import make_dir
 from magvit_pl.run.preflight import check_trainer_config
 from magvit_pl.run.resume import ResumedOptimizerSettings, ResumeState
@@ -478,6 +479,13 @@ def run_command(args: list[str], from_argv: bool) -> None:
         run_lightning(None if from_argv else args)
     except MisconfigurationException as err:  # Lightning's verdict on a setting, raised mid-run (e.g. in fit)
         raise UserError(str(err)) from None
+    except SIGTERMException as stop:  # a SystemExit without a code: it would exit 0, as if the run had finished
+        if args[0] != "fit":
+            raise Terminated(f"{args[0]} stopped by SIGTERM") from None
+        step = getattr(stop, "saved_step", None)
+        saved = (f"checkpoints/last.ckpt holds step {step}" if step is not None
+                 else "the last periodic checkpoint is kept (several processes)")
+        raise Terminated(f"stopped by SIGTERM; {saved}: run the same command with --ckpt_path last to continue") from None
     except SystemExit as done:
         if done.code in (0, None) and options.asks is True and any(a in ("-h", "--help") for a in args):
             print_model_and_data_help(args[0], options)

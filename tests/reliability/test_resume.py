@@ -106,3 +106,41 @@ def test_train_stream_skips_exactly_the_consumed_batches(tiny_data, workers):
     nxt = [b["key"] for b in loader]
     loader.epoch_fn, loader.skip_fn = (lambda: 2), (lambda: 0)
     assert nxt == [b["key"] for b in loader]
+
+
+TERMINATOR = textwrap.dedent('''
+    import os, signal
+    from lightning.pytorch import Callback
+
+    class TermAt(Callback):
+        """SIGTERM this process as training step ``step`` starts (a scheduler preempting the job)."""
+        def __init__(self, step: int):
+            self.step = step
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == self.step:
+                os.kill(os.getpid(), signal.SIGTERM)
+''')
+
+
+def test_sigterm_saves_the_step_exits_143_and_resumes_there(tmp_path, fault_fit, tiny_tokenizer_args, data_args):
+    """Lightning stops between batches on SIGTERM with a SystemExit that has no code (exit 0, as if done, and
+    nothing saved since the last periodic checkpoint): the run must save last.ckpt at that step and exit 143."""
+    import torch
+
+    term = fault_fit.callback("terminator", TERMINATOR, "TermAt", step=5)
+    common = ["--config", str(REPO / "configs" / "tokenizer.yaml"), *tiny_tokenizer_args, *data_args,
+              "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+              "--trainer.limit_val_batches", "0", "--model.init_args.val_fvd", "false", "--save_every_n_steps", "0"]
+    stopped = fault_fit.run(tmp_path / "runs", [*common, "--config", str(term)])
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert lines[-1].startswith("error: stopped by SIGTERM; checkpoints/last.ckpt holds step 6") and "Traceback" not in stopped.stderr
+    run = (tmp_path / "runs" / "tokenizer" / "latest").resolve()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 6
+    resumed = fault_fit.run(tmp_path / "runs", [*common, "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(s for s in _losses(run) if s >= 6) == [6, 7]  # continued at step 6, nothing replayed or lost
+    full = fault_fit.run(tmp_path / "full", common)
+    assert full.returncode == 0, full.stderr[-3000:]
+    _assert_same(_losses((tmp_path / "full" / "tokenizer" / "latest").resolve()), _losses(run), first_replayed=6)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == MAX_STEPS
