@@ -11,17 +11,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 8
 
-KILLER = textwrap.dedent('''
+SIGNALLER = textwrap.dedent('''
     import os, signal
     from lightning.pytorch import Callback
 
-    class KillAt(Callback):
-        """SIGKILL this process just before training step ``step + 1`` (no cleanup, like a crash)."""
-        def __init__(self, step: int):
-            self.step = step
+    class SignalAt(Callback):
+        """Send this process ``sig`` as training step ``step`` starts: SIGKILL (a crash: no cleanup at all) or
+        SIGTERM (a scheduler preempting the job)."""
+        def __init__(self, step: int, sig: str):
+            self.step, self.sig = step, getattr(signal, sig)
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), self.sig)
 ''')
 
 
@@ -37,7 +38,7 @@ def _losses(run_dir: Path) -> dict[int, list[float]]:
 
 def _kill_and_resume(fault_fit, tmp_path: Path, kind: str, args: list[str], kill_at: int, every: int):
     """Uninterrupted run vs killed-at-``kill_at``-then-resumed run; returns both loss tables."""
-    kill = fault_fit.callback("killer", KILLER, "KillAt", step=kill_at)
+    kill = fault_fit.callback("killer", SIGNALLER, "SignalAt", step=kill_at, sig="SIGKILL")
     common = [*args, "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
               "--trainer.enable_progress_bar", "false", "--save_every_n_steps", str(every)]
 
@@ -108,26 +109,12 @@ def test_train_stream_skips_exactly_the_consumed_batches(tiny_data, workers):
     assert nxt == [b["key"] for b in loader]
 
 
-TERMINATOR = textwrap.dedent('''
-    import os, signal
-    from lightning.pytorch import Callback
-
-    class TermAt(Callback):
-        """SIGTERM this process as training step ``step`` starts (a scheduler preempting the job)."""
-        def __init__(self, step: int):
-            self.step = step
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGTERM)
-''')
-
-
 def test_sigterm_saves_the_step_exits_143_and_resumes_there(tmp_path, fault_fit, tiny_tokenizer_args, data_args):
     """Lightning stops between batches on SIGTERM with a SystemExit that has no code (exit 0, as if done, and
     nothing saved since the last periodic checkpoint): the run must save last.ckpt at that step and exit 143."""
     import torch
 
-    term = fault_fit.callback("terminator", TERMINATOR, "TermAt", step=5)
+    term = fault_fit.callback("terminator", SIGNALLER, "SignalAt", step=5, sig="SIGTERM")
     common = ["--config", str(REPO / "configs" / "tokenizer.yaml"), *tiny_tokenizer_args, *data_args,
               "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
               "--trainer.limit_val_batches", "0", "--model.init_args.val_fvd", "false", "--save_every_n_steps", "0"]
