@@ -319,7 +319,7 @@ def test_norm_groups_sets_every_group_norm_and_zero_removes_them():
 # ---------------------------------------------------------------- causal (MAGVIT-v2 style) option
 def test_causal_same_conv_pads_the_past_only():
     x = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 3, 1, 1)
-    expect = {"zeros": [1.0, 3.0, 6.0], "replicate": [3.0, 4.0, 6.0], "reflect": [3.0, 4.0, 6.0]}  # past: zeros / first frame
+    expect = {"zeros": [3.0, 4.0, 6.0], "replicate": [3.0, 4.0, 6.0], "reflect": [3.0, 4.0, 6.0]}  # past: the first frame
     for mode, values in expect.items():
         conv = SameConv3d(1, 1, (3, 1, 1), bias=False, padding_mode=mode, causal=True)
         with torch.no_grad():
