@@ -155,7 +155,8 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
     upgrade_checkpoint(str(old), str(tmp_path / "upgraded.ckpt"))
     upgraded = load_checkpoint(tmp_path / "upgraded.ckpt")
     new_only = {"transformer": ("layer_norm_eps", "position_embedding"), "optim": ("lr_schedule",),  # fields the flat layout did not have
-                "tasks": ("latent_rule", "task_token", "shared_task_tokens", "weights", "schedule")}
+                "tasks": ("latent_rule", "task_token", "shared_task_tokens", "weights", "schedule"),
+                "sampling": ("keep_condition",)}
     assert upgraded["hyper_parameters"] == {k: {f: x for f, x in v.items() if f not in new_only[k]} if k in new_only else
                                             ({} if k == "evaluation" else v) for k, v in hp.items()}
     assert upgraded["magvit"]["tokenizer_config"] == load_checkpoint(path)["magvit"]["tokenizer_config"]
