@@ -5,7 +5,6 @@ Also home of :func:`read_input`, how every command reads a user's ``--input`` vi
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 from pathlib import Path
 

@@ -80,6 +80,9 @@ def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
     va, vb = read_video(a), read_video(b)
     assert va.shape == (8, 32, 32, 3)
     assert (va == vb).all()
+    kept = read_video(generate("frame_prediction", input=str(clip), output=str(tmp_path / "k.mp4"), ckpt_path=ckpt, seed=3, steps=4,
+                               keep_condition=True))
+    assert kept.shape == va.shape and (kept != va).any()  # the condition tokens held: another sample
     gif = generate("class_generation", class_id=2, output=str(tmp_path / "c.gif"), ckpt_path=ckpt, steps=4)
     assert read_video(gif).shape[0] == 8
     with pytest.raises(UserError, match="--class_id"):
