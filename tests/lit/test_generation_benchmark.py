@@ -51,7 +51,9 @@ def test_benchmark_samples_a_tiny_mtm_on_the_val_split(tmp_path, fit_tiny_mtm, t
     again = _bench().main(["--ckpt", ckpt, "--shards", str(tiny_data), "--task", "frame_prediction", "--seeds", "0", "1",
                            "--batch", "4", "--threads", "1", "--steps", "2", "--keep_condition", "both"])
     free, kept = (again["results"][f"frame_prediction · sample of {run.name} ({s})"] for s in ("re-predicted", "kept"))
-    assert free["per_seed"] == rows[f"frame_prediction · sample of {run.name}"]["per_seed"]
+    default = rows[f"frame_prediction · sample of {run.name}"]
+    assert default["sampling"]["keep_condition"] is True  # configs/mtm.yaml holds the condition
+    assert kept["per_seed"] == default["per_seed"] and free["per_seed"] != default["per_seed"]
     assert kept["cond_agree"] == 1.0 and kept["sampling"]["keep_condition"] is True and free["sampling"]["keep_condition"] is False
     assert again["overrides"] == {"steps": 2, "keep_condition": "both"}
     assert out["checkpoints"] == {run.name: ckpt} and smp["ckpt"] == ckpt

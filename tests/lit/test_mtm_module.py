@@ -64,7 +64,9 @@ def test_test_task_family_prints_table_and_writes_results(mtm_run, capsys):
     for values in res["results"].values():
         assert 0.0 < values["psnr_given"] < 200.0
         assert 0.0 <= values["cond_token_agreement"] <= 1.0
-    assert res["protocol"]["sample_steps"] == 4
+    assert res["protocol"]["sample_steps"] == 4 and res["protocol"]["keep_condition"] is True  # configs/mtm.yaml
+    for values in res["results"].values():  # the condition tokens are held: every one survives decoding
+        assert values["cond_token_agreement"] == 1.0
 
 
 def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
@@ -80,9 +82,9 @@ def test_generate_is_deterministic_and_checks_its_inputs(mtm_run, tmp_path):
     va, vb = read_video(a), read_video(b)
     assert va.shape == (8, 32, 32, 3)
     assert (va == vb).all()
-    kept = read_video(generate("frame_prediction", input=str(clip), output=str(tmp_path / "k.mp4"), ckpt_path=ckpt, seed=3, steps=4,
-                               keep_condition=True))
-    assert kept.shape == va.shape and (kept != va).any()  # the condition tokens held: another sample
+    free = read_video(generate("frame_prediction", input=str(clip), output=str(tmp_path / "k.mp4"), ckpt_path=ckpt, seed=3, steps=4,
+                               keep_condition=False))
+    assert free.shape == va.shape and (free != va).any()  # the condition tokens re-predicted (the model holds them): another sample
     gif = generate("class_generation", class_id=2, output=str(tmp_path / "c.gif"), ckpt_path=ckpt, steps=4)
     assert read_video(gif).shape[0] == 8
     with pytest.raises(UserError, match="--class_id"):
@@ -141,8 +143,12 @@ def test_a_checkpoint_of_the_old_flat_layout_still_loads(mtm_run, tmp_path):
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     new_model, old_model = MTMModule.from_checkpoint(str(path)), MTMModule.from_checkpoint(str(old))
-    # the flat layout always had a task token (here both have one: 10 tasks)
-    assert dict(old_model.hparams) == {**dict(new_model.hparams), "tasks": {**new_model.hparams["tasks"], "task_token": "always"}}
+    # the flat layout always had a task token (here both have one: 10 tasks) and never held the condition tokens
+    sampling = new_model.hparams["sampling"]
+    sampling = dataclasses.replace(sampling, keep_condition=False) if dataclasses.is_dataclass(sampling) else {**sampling, "keep_condition": False}
+    assert dict(old_model.hparams) == {**dict(new_model.hparams), "tasks": {**new_model.hparams["tasks"], "task_token": "always"},
+                                       "sampling": sampling}
+    new_model.sampling_config = dataclasses.replace(new_model.sampling_config, keep_condition=False)
     g = torch.Generator().manual_seed(0)
     batch = {"video": torch.rand(2, 3, 8, 32, 32, generator=g) * 2 - 1, "label": torch.tensor([1, 2])}
     for task in ("frame_prediction", "class_generation"):
