@@ -118,6 +118,9 @@ def test_mtm_comparisons_plan_their_arms_and_score_through_cli_test(harness, tmp
     naive = harness.COMPARISONS["commit_vs_naive"].arms[1]
     cmd = runner("commit_vs_naive").fit_command(naive.stages[1], 2, tmp_path / "x", tmp_path / "tok")
     assert cmd[cmd.index("--model.commit.mode") + 1] == "naive" and cmd[cmd.index("--trainer.max_steps") + 1] == "1500"
+    for stage in (naive.stages[1], harness.COMPARISONS["commit_vs_naive"].arms[0].stages[1]):  # the paper's decoding, both arms
+        cmd = runner("commit_vs_naive").fit_command(stage, 2, tmp_path / "x", tmp_path / "tok")
+        assert cmd[cmd.index("--model.sampling.keep_condition") + 1] == "false"
     steps = [a.eval_args[-1] for a in harness.COMPARISONS["decoding_steps"].arms]
     assert steps == ["4", "8", "12", "16", "24"]
     r = runner("decoding_steps")
