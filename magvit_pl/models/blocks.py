@@ -71,10 +71,8 @@ class SameConv3d(nn.Conv3d):
         native_pad = (0 if self.causal else kt // 2, kh // 2, kw // 2) if native else 0
         super().__init__(in_channels, out_channels, k, padding=native_pad, bias=bias)
         self.same_padding_mode = padding_mode
-        self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, kt // 2, kt // 2)  # F.pad order: W, H, T
-        if self.causal:
-            self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, 0, 0)
-            self._causal_pad = kt - 1
+        pt = 0 if self.causal else kt // 2  # a causal conv's time padding is all in the past (see _padded)
+        self._pad = (kw // 2, kw // 2, kh // 2, kh // 2, pt, pt)  # F.pad order: W, H, T
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of ``x``, plus ``residual`` when given (fused into the conv on the CPU fast path
@@ -85,7 +83,7 @@ class SameConv3d(nn.Conv3d):
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         if self.causal:
-            x = _pad_past(x, self._causal_pad)
+            x = _pad_past(x, self.kernel_size[0] - 1)
         if self.same_padding_mode != "zeros" and any(self._pad):
             return self._pad_input(x)
         return x
