@@ -16,8 +16,11 @@ itself: the given pixels and the task's padding elsewhere, e.g. the last given f
 ``tokenizer`` (the clip through the frozen tokenizer: the best a sample can be on the given region).
 
 Clips come from ``--shards DIR`` (its ``--split``, as validation reads it) or ``--videos DIR`` (evenly
-spaced centre crops). ``--grid PNG`` writes, per task, the first clips' frames: real, then each
-checkpoint's sample. Prints one JSON line and a table.
+spaced centre crops). Class-conditional tasks (e.g. ``class_frame_prediction``) see each shard clip's own
+label, or ``--class_id`` for every clip (needed with ``--videos``): comparing a class task with its
+unconditional twin, or the true label with another, measures how much the model uses the class.
+``--grid PNG`` writes, per task, the first clips' frames: real, then each checkpoint's sample. Prints one
+JSON line and a table.
 
     python benchmarks/generation.py --ckpt runs/mtm/latest/checkpoints/last.ckpt --shards data/shards/dead_leaves-16x32
 """
@@ -88,21 +91,40 @@ def short_names(paths: list[str], names: list[str] | None) -> list[str]:
     return out
 
 
-def load_clips(args: argparse.Namespace) -> torch.Tensor:
-    from magvit_pl.run.eval_clips import shard_clips, video_clips  # the clip readers of the reconstruction benchmark
+def load_clips(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The clips ``(N, 3, T, R, R)`` and their class labels ``(N,)``: ``--class_id`` for every clip when given, else
+    the shards' own labels, else None (a video folder has no labels)."""
+    from magvit_pl.run.eval_clips import labelled_shard_clips, video_clips  # the clip readers of the reconstruction benchmark
 
     if args.videos is not None:
         clips, _ = video_clips(args.videos, args.num_frames, args.resolution, args.clips_per_video)
+        labels = None
     else:
-        clips, _ = shard_clips(args.shards, args.split, args.num_frames, args.resolution)
-    return clips[: args.max_clips]
+        clips, _, labels = labelled_shard_clips(args.shards, args.split, args.num_frames, args.resolution)
+    clips = clips[: args.max_clips]
+    if args.class_id is not None:
+        return clips, torch.full((len(clips),), args.class_id, dtype=torch.long)
+    return clips, None if labels is None else labels[: args.max_clips]
 
 
-def evaluate_task(model, task_name: str, clips: torch.Tensor, batch: int, seeds: list[int], sampling) -> tuple[dict, dict, dict, torch.Tensor]:
-    """Rows (padded condition, tokenizer, sample) for one task and the first batch's first seed's samples."""
+def check_labels(model, task: str, labels: torch.Tensor | None, class_id: int | None) -> None:
+    """One line when ``--class_id`` is not one of ``model``'s classes, or a class-conditional ``task`` has no labels."""
+    n = model.hparams.num_classes
+    if class_id is not None and not 0 <= class_id < n:
+        raise UserError(f"--class_id {class_id}: must be in 0..{n - 1} (the model's num_classes is {n})")
+    if labels is None and model.task(task).uses_class:
+        raise UserError(f"--task {task} is class-conditional and a video folder has no labels: pass --class_id (0..{n - 1}), "
+                        "the class every clip gets, or use --shards (each clip's own label)")
+
+
+def evaluate_task(model, task_name: str, clips: torch.Tensor, batch: int, seeds: list[int], sampling,
+                  labels: torch.Tensor | None = None) -> tuple[dict, dict, dict, torch.Tensor]:
+    """Rows (padded condition, tokenizer, sample) for one task and the first batch's first seed's samples;
+    ``labels (N,)`` are the clips' classes, used by class-conditional tasks only."""
     from magvit_pl.lit.mtm_batch import sample, tokenize
 
     task = model.task(task_name)
+    label_batches = labels.split(batch) if labels is not None and task.uses_class else None
     stats: dict[str, list] = {k: [] for k in ("given_psnr", "gen_psnr", "cond_agree", "token_acc")}
     pad = {"gen_psnr": []}  # on the given pixels the padded condition is the clip itself
     tok = {"given_psnr": [], "gen_psnr": []}
@@ -110,7 +132,7 @@ def evaluate_task(model, task_name: str, clips: torch.Tensor, batch: int, seeds:
     for seed in seeds:
         per_seed: dict[str, list] = {k: [] for k in stats}
         for i, video in enumerate(clips.split(batch)):
-            inputs = tokenize(model.tokenizer, model.vocab, task, video, None, need_z=True)
+            inputs = tokenize(model.tokenizer, model.vocab, task, video, label_batches[i] if label_batches else None, need_z=True)
             given = inputs.condition.pixel_mask
             generator = torch.Generator().manual_seed(seed * 100003 + i)
             out = sample(model.transformer, model.tokenizer, inputs, model.vocab, model.grid, model.commit_config,
@@ -157,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--clips_per_video", type=int, default=4)
     ap.add_argument("--max_clips", type=int, default=32)
+    ap.add_argument("--class_id", type=int, help="class-conditional tasks: the class every clip gets (default with --shards: "
+                    "each clip's own label; needed with --videos)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
     ap.add_argument("--steps", type=int, help="override the checkpoint's sampling steps")
@@ -173,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     from magvit_pl.run.media import save_png
 
     tasks = args.task or ["frame_prediction", "outpainting_central", "inpainting_central", "frame_interpolation"]
-    clips = load_clips(args)
+    clips, labels = load_clips(args)
     overrides = {k: getattr(args, k) for k in ("steps", "temperature", "top_k", "choice_temperature") if getattr(args, k) is not None}
     models = [MTMModule.from_checkpoint(p) for p in args.ckpt]
     names = short_names(args.ckpt, args.name)
@@ -185,19 +209,18 @@ def main(argv: list[str] | None = None) -> dict:
             if task not in model.task_names:
                 print(f"note: {path} was not trained on {task}; skipped", file=sys.stderr)
                 continue
-            if model.task(task).uses_class:
-                raise UserError(f"--task {task}: class-conditional tasks need labels, which this benchmark does not read; "
-                                "choose a task without a class")
+            check_labels(model, task, labels, args.class_id)
             for keep, label in KEEP_VARIANTS[args.keep_condition]:
                 keep_override = {} if keep is None else {"keep_condition": keep}
                 sampling = dataclasses.replace(model.sampling_config, **overrides, **keep_override)
-                pad, tok, row, first = evaluate_task(model, task, clips, args.batch, args.seeds, sampling)
+                pad, tok, row, first = evaluate_task(model, task, clips, args.batch, args.seeds, sampling, labels)
                 rows.setdefault(f"{task} · padded condition", pad)
                 rows[f"{task} · tokenizer of {name}"] = tok
                 rows[f"{task} · sample of {name}{label}"] = {**row, "sampling": dataclasses.asdict(sampling), "ckpt": path}
                 grids[task].append(first[:4])
     out = {"benchmark": "generation", "clips": len(clips), "num_frames": args.num_frames, "resolution": args.resolution,
            "seeds": args.seeds, "source": str(args.videos or f"{args.shards}:{args.split}"),
+           "class_id": args.class_id if args.class_id is not None else ("the shards' labels" if labels is not None else None),
            "overrides": {**overrides, **({} if args.keep_condition == "model" else {"keep_condition": args.keep_condition})},
            "seconds": round(time.perf_counter() - t0, 1), "checkpoints": dict(zip(names, args.ckpt)), "results": rows}
     print(json.dumps(out))

@@ -1,6 +1,6 @@
 """Stage-2 training step with and without the token cache (``model.token_cache_clips``).
 
-Builds the MTM of ``configs/mtm.yaml`` (or ``--layers/--hidden`` overrides) on a tokenizer checkpoint
+Builds the MTM of ``--config`` (default ``configs/mtm.yaml``) on a tokenizer checkpoint
 and times one optimisation step (tokenize → COMMIT loss → backward → AdamW) on batches of real
 shard clips, side by side in one run:
 

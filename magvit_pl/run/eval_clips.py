@@ -36,10 +36,17 @@ def video_clips(folder: Path, num_frames: int, resolution: int, per_video: int) 
 
 def shard_clips(folder: Path, split: str, num_frames: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
     """Every clip of ``split`` of a shard folder, as the validation loader gives it."""
+    videos, names, _ = labelled_shard_clips(folder, split, num_frames, resolution)
+    return videos, names
+
+
+def labelled_shard_clips(folder: Path, split: str, num_frames: int, resolution: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """:func:`shard_clips` and the clips' class labels ``(N,)`` int64."""
     from magvit_pl.data.datamodule import VideoDataModule
 
     dm = VideoDataModule(data_dir=str(folder), num_frames=num_frames, resolution=resolution, eval_batch_size=16,
                          num_workers=0, val_split=split)
     dm.setup("validate")
-    videos = torch.cat([b["video"] for b in dm.val_dataloader()])
-    return videos, [f"{split}[{i}]" for i in range(len(videos))]
+    batches = list(dm.val_dataloader())
+    videos = torch.cat([b["video"] for b in batches])
+    return videos, [f"{split}[{i}]" for i in range(len(videos))], torch.cat([b["label"] for b in batches])

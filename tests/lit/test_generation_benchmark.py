@@ -59,9 +59,39 @@ def test_benchmark_samples_a_tiny_mtm_on_the_val_split(tmp_path, fit_tiny_mtm, t
     assert out["checkpoints"] == {run.name: ckpt} and smp["ckpt"] == ckpt
 
 
-def test_class_tasks_are_refused_with_one_line(tmp_path, fit_tiny_mtm, tiny_data):
+def test_class_tasks_use_the_shard_labels_or_class_id_and_refuse_a_bad_class_in_one_line(tmp_path, fit_tiny_mtm, tiny_data,
+                                                                                         write_raw, pattern, monkeypatch):
     run = fit_tiny_mtm(tmp_path / "runs")
     bench = _bench()
-    with pytest.raises(bench.UserError, match="class_generation"):
-        bench.main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--shards", str(tiny_data), "--task", "class_generation",
-                    "--seeds", "0", "--threads", "1"])
+    common = ["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--seeds", "0", "--threads", "1", "--steps", "2", "--batch", "4"]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_raw(videos / "a.mp4", pattern(10, 32, 32))
+    # a video folder has no labels: the one line names --class_id and the model's classes
+    with pytest.raises(bench.UserError, match=r"--task class_frame_prediction is class-conditional .* pass --class_id \(0\.\.7\)"):
+        bench.main([*common, "--videos", str(videos), "--task", "class_frame_prediction"])
+    with_class = bench.main([*common, "--videos", str(videos), "--task", "class_frame_prediction", "--class_id", "7"])
+    assert with_class["class_id"] == 7 and with_class["clips"] == 4
+    with pytest.raises(bench.UserError, match=r"--class_id 8: must be in 0\.\.7"):
+        bench.main([*common, "--shards", str(tiny_data), "--task", "frame_prediction", "--class_id", "8"])
+    # the labels each task's batches are tokenized with
+    import magvit_pl.lit.mtm_batch as mtm_batch
+    seen, tokenize = [], mtm_batch.tokenize
+    def spy(tokenizer, vocab, task, video, labels=None, **kw):
+        seen.append((task.name, None if labels is None else labels.tolist()))
+        return tokenize(tokenizer, vocab, task, video, labels, **kw)
+    monkeypatch.setattr(mtm_batch, "tokenize", spy)
+    from magvit_pl.run.eval_clips import labelled_shard_clips
+    labels = labelled_shard_clips(tiny_data, "val", 8, 32)[2]
+    assert labels.dtype == torch.long and len(labels) == 8 and len(set(labels.tolist())) > 1  # the clips' own, varied classes
+    tasks = ["--task", "class_frame_prediction", "--task", "frame_prediction"]
+    shards = bench.main([*common, "--shards", str(tiny_data), *tasks])
+    assert shards["class_id"] == "the shards' labels"
+    assert seen == [("class_frame_prediction", labels[:4].tolist()), ("class_frame_prediction", labels[4:].tolist()),
+                    ("frame_prediction", None), ("frame_prediction", None)]
+    seen.clear()
+    forced = bench.main([*common, "--shards", str(tiny_data), *tasks, "--class_id", "3"])
+    assert forced["class_id"] == 3
+    assert seen == [("class_frame_prediction", [3] * 4)] * 2 + [("frame_prediction", None)] * 2
+    row = lambda out, task: out["results"][f"{task} · sample of {run.name}"]["per_seed"]
+    assert row(forced, "frame_prediction") == row(shards, "frame_prediction")  # the class reaches class tasks only
