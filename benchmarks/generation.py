@@ -210,13 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"note: {path} was not trained on {task}; skipped", file=sys.stderr)
                 continue
             check_labels(model, task, labels, args.class_id)
-            for keep, label in KEEP_VARIANTS[args.keep_condition]:
+            for keep, suffix in KEEP_VARIANTS[args.keep_condition]:
                 keep_override = {} if keep is None else {"keep_condition": keep}
                 sampling = dataclasses.replace(model.sampling_config, **overrides, **keep_override)
                 pad, tok, row, first = evaluate_task(model, task, clips, args.batch, args.seeds, sampling, labels)
                 rows.setdefault(f"{task} · padded condition", pad)
                 rows[f"{task} · tokenizer of {name}"] = tok
-                rows[f"{task} · sample of {name}{label}"] = {**row, "sampling": dataclasses.asdict(sampling), "ckpt": path}
+                rows[f"{task} · sample of {name}{suffix}"] = {**row, "sampling": dataclasses.asdict(sampling), "ckpt": path}
                 grids[task].append(first[:4])
     out = {"benchmark": "generation", "clips": len(clips), "num_frames": args.num_frames, "resolution": args.resolution,
            "seeds": args.seeds, "source": str(args.videos or f"{args.shards}:{args.split}"),
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
         for task, row_videos in grids.items():
             path = args.grid.with_name(f"{args.grid.stem}_{task}.png")
             save_png(path, filmstrip(row_videos).repeat(3, 0).repeat(3, 1))
-            labels = [f"{n}{label}" for n in names for _, label in KEEP_VARIANTS[args.keep_condition]]
-            print(f"grid: {path} (rows: real, {', '.join(labels)})")
+            row_names = [f"{n}{suffix}" for n in names for _, suffix in KEEP_VARIANTS[args.keep_condition]]
+            print(f"grid: {path} (rows: real, {', '.join(row_names)})")
     return out
 
 

@@ -135,7 +135,7 @@ MTM_STEPS = 1500
 
 def mtm_arm(name: str, label: str, stage: str = "", args: tuple[str, ...] = ()) -> Arm:
     """An MTM arm on the shared demo tokenizer: ``configs/mtm.yaml`` plus ``args`` (its own run ``stage``)."""
-    return Arm(name, label, (DEMO_TOKENIZER, dataclasses.replace(MTM_COMMIT, name=stage, args=(*PAPER_DECODING, *args)) if stage else MTM_COMMIT))
+    return Arm(name, label, (DEMO_TOKENIZER, dataclasses.replace(MTM_COMMIT, name=stage, args=(*MTM_COMMIT.args, *args)) if stage else MTM_COMMIT))
 
 
 def generation_eval(task: str) -> Eval:
